@@ -1,0 +1,1 @@
+"""vae_jax: variational autoencoders in JAX/Flax."""

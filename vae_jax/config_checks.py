@@ -1,0 +1,68 @@
+"""Config validation that runs before any data loading or compilation.
+
+Each failure raises `ConfigError` with one line that names the field and the fix.
+"""
+
+import ml_collections
+
+from vae_jax import objectives, optim
+from vae_jax.data.preprocess import BINARIZE
+from vae_jax.models import ARCHS, MODELS
+
+
+class ConfigError(ValueError):
+  """The config is invalid; the message names the field."""
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def _choice(value, choices, field: str) -> None:
+  _require(value in choices, f"{field}={value!r} is not one of {tuple(choices)}.")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks field values and that batches split evenly over `num_devices`."""
+  m, d, o = config.model, config.data, config.optimizer
+  _choice(m.name, MODELS, "model.name")
+  _choice(m.arch, ARCHS, "model.arch")
+  _choice(m.likelihood, objectives.LIKELIHOODS, "model.likelihood")
+  _choice(d.binarize, BINARIZE, "data.binarize")
+  _choice(o.name, optim.OPTIMIZERS, "optimizer.name")
+  _choice(o.schedule, optim.SCHEDULES, "optimizer.schedule")
+  _require(m.latent_dim >= 1, f"model.latent_dim={m.latent_dim} must be >= 1.")
+  _require(config.objective.beta >= 0, f"objective.beta={config.objective.beta} must be >= 0.")
+  _require(m.gaussian_sigma > 0, f"model.gaussian_sigma={m.gaussian_sigma} must be > 0.")
+  _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0.")
+  _require(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0.")
+  _require(
+    config.num_train_steps > 0 or config.num_epochs > 0,
+    "Set num_train_steps > 0 or num_epochs > 0.",
+  )
+  _require(config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1.")
+  _require(config.log_every_steps >= 1, "log_every_steps must be >= 1.")
+  for field in ("batch_size", "eval_batch_size"):
+    size = d[field]
+    _require(
+      size >= 1 and size % num_devices == 0,
+      f"data.{field}={size} must be a positive multiple of the {num_devices} devices.",
+    )
+
+
+def validate_for_data(
+  config: ml_collections.ConfigDict, image_shape: tuple, num_classes: int
+) -> None:
+  """Checks that the model fits the dataset's image shape and labels."""
+  m = config.model
+  if m.name == "cvae":
+    _require(num_classes > 0, f"model.name='cvae' needs labels; {config.data.name} has none.")
+  if m.arch == "conv":
+    scale = 2 ** len(m.conv_features)
+    h, w = image_shape[:2]
+    _require(
+      h % scale == 0 and w % scale == 0,
+      f"model.conv_features has {len(m.conv_features)} stride-2 layers, so image height and "
+      f"width must be multiples of {scale}; {config.data.name} images are {h}x{w}.",
+    )

@@ -1,0 +1,94 @@
+"""In-memory datasets whose training batch is a pure function of (seed, step).
+
+A batch never depends on the device count: the host builds the global batch, and the trainer shards
+it over the mesh's data axis. Resuming at step s therefore replays exactly the batches an
+uninterrupted run would have seen.
+"""
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+
+class EpochSampler:
+  """Shuffles the examples anew each epoch (from `[seed, epoch]`) and walks them in batches.
+
+  The last partial batch of each epoch is dropped so that every step has the same shape.
+  """
+
+  def __init__(self, num_examples: int, batch_size: int, seed: int):
+    if batch_size > num_examples:
+      raise ValueError(f"batch_size={batch_size} exceeds the {num_examples} training examples.")
+    self.num_examples = num_examples
+    self.batch_size = batch_size
+    self.seed = seed
+    self.steps_per_epoch = num_examples // batch_size
+    self._epoch = -1
+    self._perm = np.empty(0, np.int64)
+
+  def indices(self, step: int) -> np.ndarray:
+    """Example indices of the global batch at `step`."""
+    epoch, i = divmod(step, self.steps_per_epoch)
+    if epoch != self._epoch:
+      self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+      self._epoch = epoch
+    return self._perm[i * self.batch_size : (i + 1) * self.batch_size]
+
+
+@dataclasses.dataclass
+class ArrayDataset:
+  """Train and test arrays held in host memory (uint8 images, optional int32 labels)."""
+
+  train_images: np.ndarray
+  train_labels: np.ndarray | None
+  test_images: np.ndarray
+  test_labels: np.ndarray | None
+  num_classes: int
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    """(H, W, C) of one image."""
+    return tuple(self.train_images.shape[1:])
+
+  def train_stream(self, batch_size: int, seed: int) -> "TrainStream":
+    """The deterministic training stream for a global batch size and seed."""
+    return TrainStream(self, EpochSampler(len(self.train_images), batch_size, seed))
+
+  def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """The whole test split in batches of `batch_size`; the last is padded and masked.
+
+    Each batch carries `index` (the example's position in the split, used to derive its keys) and
+    `mask` (1 for real examples, 0 for padding).
+    """
+    n = len(self.test_images)
+    for start in range(0, n, batch_size):
+      idx = np.arange(start, start + batch_size)
+      mask = (idx < n).astype(np.float32)
+      idx = np.minimum(idx, n - 1)
+      yield {**_gather(self.test_images, self.test_labels, idx), "index": idx, "mask": mask}
+
+
+def _gather(images: np.ndarray, labels: np.ndarray | None, idx: np.ndarray) -> dict:
+  batch = {"image": images[idx]}
+  if labels is not None:
+    batch["label"] = labels[idx]
+  return batch
+
+
+@dataclasses.dataclass
+class TrainStream:
+  """`batch(step)` returns the global training batch for that step."""
+
+  dataset: ArrayDataset
+  sampler: EpochSampler
+
+  @property
+  def steps_per_epoch(self) -> int:
+    """Full batches per pass over the training split."""
+    return self.sampler.steps_per_epoch
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """The global batch for `step`: images (uint8) and labels when the dataset has them."""
+    d = self.dataset
+    return _gather(d.train_images, d.train_labels, self.sampler.indices(step))

@@ -1,0 +1,106 @@
+"""Loads a TFDS image-classification dataset into memory, offline when `manual_dir` is given.
+
+TFDS reads and decodes its records through tf.data; the decoded uint8 arrays are then held in host
+memory so that every training batch is a pure function of (seed, step).
+"""
+
+import os
+import socket
+
+import numpy as np
+
+# Raw files TFDS expects in `manual_dir` for the datasets we know (it looks them up by URL name).
+_IDX_FILES = (
+  "train-images-idx3-ubyte.gz",
+  "train-labels-idx1-ubyte.gz",
+  "t10k-images-idx3-ubyte.gz",
+  "t10k-labels-idx1-ubyte.gz",
+)
+MANUAL_FILES = {"mnist": _IDX_FILES, "fashion_mnist": _IDX_FILES}
+
+
+class DataError(RuntimeError):
+  """Data are missing or unusable; the message says how to fix it."""
+
+
+def _network_available(host: str = "storage.googleapis.com", timeout: float = 2.0) -> bool:
+  try:
+    socket.create_connection((host, 443), timeout=timeout).close()
+    return True
+  except OSError:
+    return False
+
+
+def _missing_data_message(name: str, manual_dir: str | None) -> str:
+  files = MANUAL_FILES.get(name)
+  what = (
+    ", ".join(files)
+    if files
+    else f"the raw files TFDS downloads for '{name}' (see its TFDS catalog page)"
+  )
+  where = manual_dir or "<dir>"
+  return (
+    f"Dataset '{name}' is not prepared and cannot be downloaded (no network). Put {what} "
+    f"in {where} and pass --config.data.manual_dir={where}."
+  )
+
+
+def _check_manual_dir(name: str, manual_dir: str) -> None:
+  if not os.path.isdir(manual_dir):
+    raise DataError(_missing_data_message(name, manual_dir) + f" ({manual_dir} does not exist.)")
+  missing = [f for f in MANUAL_FILES.get(name, ()) if not os.path.exists(f"{manual_dir}/{f}")]
+  if missing:
+    raise DataError(
+      f"data.manual_dir={manual_dir} lacks {', '.join(missing)} needed to prepare '{name}'. "
+      "Copy the original files there (same names as the TFDS download)."
+    )
+
+
+def _builder(name: str, data_dir: str | None):
+  import tensorflow_datasets as tfds
+
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # TFDS raises DatasetNotFoundError and friends.
+    raise DataError(f"Unknown TFDS dataset '{name}': {e}".splitlines()[0]) from e
+
+
+def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = None):
+  """Returns a prepared TFDS builder, preparing it from `manual_dir` (or the network) if needed.
+
+  Raises:
+    DataError: unknown dataset, or data absent and not obtainable; the message names the files.
+  """
+  import tensorflow_datasets as tfds
+
+  builder = _builder(name, data_dir)
+  if builder.is_prepared():
+    return builder
+  if manual_dir:
+    _check_manual_dir(name, manual_dir)
+  elif not _network_available():
+    raise DataError(_missing_data_message(name, manual_dir))
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir)
+  try:
+    builder.download_and_prepare(download_config=config)
+  except Exception as e:
+    raise DataError(f"Preparing '{name}' failed: {str(e).splitlines()[0]}") from e
+  return builder
+
+
+def load_split(builder, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+  """Decodes a whole split to (uint8 images [N, H, W, C], int32 labels [N] or None)."""
+  import tensorflow_datasets as tfds
+
+  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  images = np.asarray(data["image"], np.uint8)
+  if images.ndim == 3:
+    images = images[..., None]
+  labels = data.get("label")
+  return images, None if labels is None else np.asarray(labels, np.int32)
+
+
+def num_classes(builder) -> int:
+  """Number of label classes, 0 when the dataset has no `label` feature."""
+  label = builder.info.features.get("label") if hasattr(builder.info.features, "get") else None
+  return int(getattr(label, "num_classes", 0) or 0)

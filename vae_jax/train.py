@@ -1,0 +1,194 @@
+"""The training loop: state, data-parallel steps, evaluation, logging and checkpoints.
+
+`train_and_evaluate(config, workdir)` is the whole run. Its collaborators (mesh, dataset, writer)
+can be passed as keyword arguments, which is how tests run it on a chosen set of devices or on
+synthetic data.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+from vae_jax import checkpointing, config_checks, model_fns, optim, parallel, steps
+from vae_jax.data import ArrayDataset, load_dataset
+from vae_jax.models import build_model
+from vae_jax.visualize import image_grid
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return config.num_epochs * steps_per_epoch
+
+
+def _every(value: int, steps_per_epoch: int) -> int:
+  return steps_per_epoch if value <= 0 else value
+
+
+def _scalars(prefix: str, metrics: dict) -> dict[str, float]:
+  """Flattens metrics to scalars; `kl_per_dim` becomes one `kl_dim_XX` scalar per dimension."""
+  out = {}
+  for k, v in metrics.items():
+    v = np.asarray(v)
+    if v.ndim:
+      out.update({f"{prefix}kl_dim_{i:02d}": float(x) for i, x in enumerate(v)})
+    else:
+      out[f"{prefix}{k}"] = float(v)
+  return out
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+  fetched = jax.device_get(history)
+  return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *fetched)
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+  if not np.isfinite(metrics["loss"]):
+    raise NonFiniteLossError(
+      f"Non-finite training loss ({metrics['loss']}) at step {step}. Lower "
+      "optimizer.learning_rate or set optimizer.grad_clip_norm; the last good checkpoint is kept."
+    )
+
+
+def evaluate(eval_step, params, dataset: ArrayDataset, config, mesh, rng) -> dict[str, np.ndarray]:
+  """Per-example means of every objective term over the whole test split."""
+  sharding = parallel.batch_sharded(mesh)
+  totals = None
+  for batch in dataset.eval_batches(config.data.eval_batch_size):
+    sums = eval_step(params, jax.device_put(batch, sharding), rng)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = totals.pop("count")
+  return {k: v / count for k, v in totals.items()}
+
+
+def write_images(writer, step: int, model, params, dataset: ArrayDataset, config, rng) -> None:
+  """Inputs over their reconstructions, and prior samples, as TensorBoard image grids."""
+  n, likelihood = config.num_image_examples, config.model.likelihood
+  x = jnp.asarray(dataset.test_images[:n], jnp.float32) / 255.0
+  y = None if dataset.test_labels is None else jnp.asarray(dataset.test_labels[:n])
+  recon = model_fns.reconstruct(model, params, x, likelihood, y)
+  images = {"reconstructions": image_grid(np.concatenate([x, recon]), ncol=n)[None]}
+  if config.model.name != "ae":
+    m = config.num_prior_samples
+    labels = jnp.arange(m) % dataset.num_classes if dataset.num_classes else None
+    samples = model_fns.prior_samples(
+      model, params, rng, m, config.model.latent_dim, likelihood, labels
+    )
+    images["prior_samples"] = image_grid(samples, ncol=int(np.ceil(np.sqrt(m))))[None]
+  writer.write_images(step, images)
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  dataset: ArrayDataset | None = None,
+) -> dict:
+  """Trains (resuming from the latest checkpoint in `workdir`), evaluates, writes results.json.
+
+  Args:
+    config: the run config (see configs/default.py).
+    workdir: where checkpoints, TensorBoard events, config.json and results.json go.
+    mesh: device mesh with a 'data' axis; default all local devices.
+    dataset: in-memory dataset; default `load_dataset(config.data)`.
+
+  Returns:
+    The final results (also written to `<workdir>/results.json`).
+  """
+  mesh = mesh or parallel.make_mesh()
+  config_checks.validate(config, mesh.size)
+  dataset = dataset or load_dataset(config.data)
+  config_checks.validate_for_data(config, dataset.image_shape, dataset.num_classes)
+  checkpointing.save_config(config, workdir)
+
+  stream = dataset.train_stream(config.data.batch_size, config.seed)
+  spe = stream.steps_per_epoch
+  total_steps = _total_steps(config, spe)
+  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  tx, lr_schedule = optim.make_optimizer(config.optimizer, total_steps)
+  init_rng, train_rng, eval_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 4)
+
+  state = jax.jit(
+    lambda r: steps.init_state(model, tx, r, dataset.image_shape, dataset.num_classes),
+    out_shardings=parallel.replicated(mesh),
+  )(init_rng)
+  ckpt = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
+  initial_step = int(state.step)
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  if initial_step == 0:
+    writer.write_hparams(checkpointing.flatten_config(config) | {"num_devices": mesh.size})
+  train_step = steps.make_train_step(model, tx, config, mesh)
+  eval_step = steps.make_eval_step(model, config, mesh)
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  eval_every = _every(config.eval_every_steps, spe)
+  ckpt_every = _every(config.checkpoint_every_steps, spe)
+  sharding = parallel.batch_sharded(mesh)
+
+  def run_eval(step: int) -> dict:
+    with report.timed("eval"):
+      metrics = evaluate(eval_step, state.params, dataset, config, mesh, eval_rng)
+      writer.write_scalars(step, _scalars("eval_", metrics))
+      write_images(writer, step, model, state.params, dataset, config, sample_rng)
+    return metrics
+
+  history, last_good = [], None
+  eval_metrics, other_time = None, 0.0
+  logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
+  start = time.perf_counter()
+  for step in range(initial_step, total_steps):
+    batch = jax.device_put(stream.batch(step), sharding)
+    state, metrics = train_step(state, batch, train_rng)
+    history.append(metrics)
+    done = step + 1
+    report(done)
+    if done % config.log_every_steps == 0 or done == total_steps:
+      train_metrics = _mean_metrics(history)
+      history = []
+      _check_finite(train_metrics, done)
+      scalars = _scalars("train_", train_metrics)
+      writer.write_scalars(done, scalars | {"learning_rate": float(lr_schedule(done - 1))})
+      last_good = done
+    t0 = time.perf_counter()
+    if done % eval_every == 0 or done == total_steps:
+      eval_metrics = run_eval(done)
+    if done % ckpt_every == 0 or done == total_steps:
+      if last_good != done:
+        _check_finite(_mean_metrics(history[-1:]), done)
+      ckpt.save(done, state)
+    other_time += time.perf_counter() - t0
+  jax.block_until_ready(state)
+  train_time = time.perf_counter() - start - other_time
+
+  if eval_metrics is None:
+    eval_metrics = run_eval(total_steps)
+  ckpt.close()
+  writer.flush()
+  trained = total_steps - initial_step
+  results = {
+    "step": total_steps,
+    **{k: v for k, v in _scalars("eval_", eval_metrics).items()},
+    "train_examples_per_sec": trained * config.data.batch_size / train_time if trained else None,
+    "train_time_sec": train_time,
+    "num_devices": mesh.size,
+  }
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  logging.info("Results: %s", results)
+  return results
