@@ -53,9 +53,7 @@ def forward_terms(
   Each example key is split into one key for binarization and one for the posterior noise.
   """
   data_keys, eps_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-  x = preprocess(
-    batch["image"], data_keys, config.data.binarize, config.data.binarize_threshold
-  )
+  x = preprocess(batch["image"], data_keys, config.data.binarize, config.data.binarize_threshold)
   outputs = model.apply({"params": params}, x, eps_keys, batch.get("label"))
   return objectives.per_example_terms(
     x, outputs, config.model.likelihood, config.model.gaussian_sigma

@@ -92,7 +92,8 @@ def load_split(builder, split: str) -> tuple[np.ndarray, np.ndarray | None]:
   """Decodes a whole split to (uint8 images [N, H, W, C], int32 labels [N] or None)."""
   import tensorflow_datasets as tfds
 
-  data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+  chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(8192)))
+  data = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   images = np.asarray(data["image"], np.uint8)
   if images.ndim == 3:
     images = images[..., None]
@@ -102,5 +103,6 @@ def load_split(builder, split: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 def num_classes(builder) -> int:
   """Number of label classes, 0 when the dataset has no `label` feature."""
-  label = builder.info.features.get("label") if hasattr(builder.info.features, "get") else None
+  features = builder.info.features
+  label = features["label"] if "label" in features else None  # noqa: SIM401 (no .get)
   return int(getattr(label, "num_classes", 0) or 0)

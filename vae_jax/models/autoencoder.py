@@ -18,7 +18,7 @@ class Autoencoder(nn.Module):
   decoder: nn.Module
   latent_dim: int
 
-  def setup(self):
+  def setup(self):  # noqa: D102
     self.code_head = nn.Dense(self.latent_dim)
 
   def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:

@@ -23,6 +23,7 @@ class MLPEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Returns features [batch, hidden_sizes[-1]]."""
     h = _join(x.reshape(x.shape[0], -1), cond)
     for size in self.hidden_sizes:
       h = nn.relu(nn.Dense(size)(h))
@@ -37,6 +38,7 @@ class MLPDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Returns per-pixel outputs [batch, *output_shape]."""
     h = _join(z, cond)
     for size in reversed(self.hidden_sizes):
       h = nn.relu(nn.Dense(size)(h))
@@ -53,6 +55,7 @@ class ConvEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Returns features [batch, dense_sizes[-1]]."""
     h = x
     k = (self.kernel_size, self.kernel_size)
     for f in self.features:
@@ -73,6 +76,7 @@ class ConvDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Returns per-pixel outputs [batch, *output_shape]."""
     height, width, channels = self.output_shape
     scale = 2 ** len(self.features)
     start = (height // scale, width // scale, self.features[-1])

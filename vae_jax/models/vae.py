@@ -22,7 +22,7 @@ class VAE(nn.Module):
   num_classes: int = 0
   learn_sigma: bool = False
 
-  def setup(self):
+  def setup(self):  # noqa: D102
     self.posterior_head = nn.Dense(2 * self.latent_dim)
     if self.learn_sigma:
       self.log_sigma = self.param("log_sigma", nn.initializers.zeros, ())

@@ -1,0 +1,64 @@
+"""Test setup: 4 simulated CPU devices (set before JAX starts) and tiny synthetic data."""
+
+import os
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 4)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from configs import default  # noqa: E402
+from vae_jax.data import ArrayDataset  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def synthetic_dataset(n_train: int = 256, n_test: int = 100, seed: int = 0) -> ArrayDataset:
+  """Blob images whose brightness pattern depends on the label (so a VAE can learn them)."""
+  rng = np.random.default_rng(seed)
+
+  def split(n):
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    yy, xx = np.mgrid[:28, :28]
+    centers = np.stack([4 + 2 * labels, 24 - 2 * labels], 1)[:, :, None, None]
+    d2 = (yy[None] - centers[:, 0]) ** 2 + (xx[None] - centers[:, 1]) ** 2
+    images = 255 * np.exp(-d2 / 18.0) * rng.uniform(0.7, 1.0, (n, 1, 1))
+    return images[..., None].astype(np.uint8), labels
+
+  return ArrayDataset(*split(n_train), *split(n_test), num_classes=10)
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+  """The default config shrunk to run in seconds: 8 steps, small MLP, batch 32."""
+  config = default.get_config()
+  config.model.hidden_sizes = (32,)
+  config.model.conv_features = (8, 16)
+  config.model.dense_sizes = (32,)
+  config.model.latent_dim = 4
+  config.data.batch_size = 32
+  config.data.eval_batch_size = 40
+  config.num_train_steps = 8
+  config.log_every_steps = 4
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 4
+  config.num_image_examples = 4
+  config.num_prior_samples = 4
+  config.update_from_flattened_dict(overrides)
+  return config
+
+
+@pytest.fixture(scope="session")
+def dataset() -> ArrayDataset:
+  return synthetic_dataset()
+
+
+def mnist_dir() -> str | None:
+  """Real MNIST files: $VAE_JAX_MNIST_DIR or ../shared/data/mnist beside the repo."""
+  for d in (os.environ.get("VAE_JAX_MNIST_DIR"), os.path.join(REPO, "..", "shared/data/mnist")):
+    if d and os.path.exists(os.path.join(d, "train-images-idx3-ubyte.gz")):
+      return d
+  return None

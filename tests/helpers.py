@@ -1,0 +1,51 @@
+"""Readers for what a run leaves in its workdir."""
+
+import glob
+import json
+import os
+
+import numpy as np
+import orbax.checkpoint as ocp
+from tensorboard.backend.event_processing import event_accumulator
+
+
+def results(workdir: str) -> dict:
+  with open(os.path.join(workdir, "results.json")) as f:
+    return json.load(f)
+
+
+def checkpoint_params(workdir: str, step: int) -> dict:
+  path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "default"))
+  return ocp.StandardCheckpointer().restore(path)["params"]
+
+
+def assert_trees_close(a, b, atol: float) -> None:
+  import jax
+
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, err_msg=str(path))
+
+
+def event_tags(workdir: str) -> set[str]:
+  tags = set()
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    acc = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
+    acc.Reload()
+    tags |= set(acc.Tags()["tensors"])
+  return tags
+
+
+def scalar_series(workdir: str, tag: str) -> list[tuple[int, float]]:
+  out = []
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    acc = event_accumulator.EventAccumulator(path, size_guidance={"tensors": 0})
+    acc.Reload()
+    if tag in acc.Tags()["tensors"]:
+      out += [(e.step, float(np.asarray(_value(e)))) for e in acc.Tensors(tag)]
+  return sorted(out)
+
+
+def _value(event):
+  from tensorboard.util import tensor_util
+
+  return tensor_util.make_ndarray(event.tensor_proto)

@@ -1,0 +1,71 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.conftest import tiny_config
+from vae_jax.models import build_model
+
+
+def _init(name, arch, image_shape=(28, 28, 1)):
+  config = tiny_config(**{"model.name": name, "model.arch": arch})
+  model = build_model(config.model, image_shape, num_classes=10)
+  x = jnp.ones((3, *image_shape)) * 0.5
+  y = jnp.array([0, 1, 2])
+  keys = jax.random.split(jax.random.key(0), 3)
+  params = model.init(jax.random.key(1), x, keys, y)["params"]
+  return model, params, x, y, keys
+
+
+@pytest.mark.parametrize("name", ["vae", "cvae", "ae"])
+@pytest.mark.parametrize("arch", ["mlp", "conv"])
+def test_output_shapes(name, arch):
+  model, params, x, y, keys = _init(name, arch)
+  out = model.apply({"params": params}, x, keys, y)
+  assert out["out"].shape == x.shape
+  assert out["z"].shape == (3, 4)
+  code = model.apply({"params": params}, x, y, method=model.encode)
+  if name == "ae":
+    assert code.shape == (3, 4)
+  else:
+    assert code[0].shape == code[1].shape == (3, 4)
+  decoded = model.apply({"params": params}, jnp.zeros((5, 4)), jnp.arange(5), method=model.decode)
+  assert decoded.shape == (5, 28, 28, 1)
+
+
+def test_conv_bodies_have_the_issue_layout():
+  config = tiny_config(**{"model.arch": "conv"})
+  config.model.conv_features, config.model.dense_sizes = (32, 64), (256,)
+  model = build_model(config.model, (28, 28, 1), 0)
+  keys = jax.random.split(jax.random.key(0), 1)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), keys)["params"]
+  shapes = jax.tree.map(lambda a: a.shape, params)
+  assert shapes["encoder"]["Conv_0"]["kernel"] == (3, 3, 1, 32)
+  assert shapes["encoder"]["Conv_1"]["kernel"] == (3, 3, 32, 64)
+  assert shapes["encoder"]["Dense_0"]["kernel"] == (7 * 7 * 64, 256)
+  assert shapes["decoder"]["Dense_1"]["kernel"] == (256, 7 * 7 * 64)
+  assert shapes["decoder"]["ConvTranspose_0"]["kernel"] == (3, 3, 64, 32)
+  assert shapes["decoder"]["ConvTranspose_1"]["kernel"] == (3, 3, 32, 1)
+
+
+def test_reparameterization_uses_the_given_keys():
+  model, params, x, y, keys = _init("vae", "mlp")
+  out = model.apply({"params": params}, x, keys)
+  eps = jax.vmap(lambda k: jax.random.normal(k, (4,)))(keys)
+  expected = out["mu"] + jnp.exp(0.5 * out["logvar"]) * eps
+  np.testing.assert_allclose(out["z"], expected, rtol=1e-6)
+  other = model.apply({"params": params}, x, jax.random.split(jax.random.key(9), 3))
+  assert not np.allclose(out["z"], other["z"])
+
+
+def test_cvae_depends_on_label_and_plain_vae_does_not():
+  model, params, x, _, keys = _init("cvae", "mlp")
+  a = model.apply({"params": params}, x, keys, jnp.array([0, 0, 0]))["out"]
+  b = model.apply({"params": params}, x, keys, jnp.array([5, 5, 5]))["out"]
+  assert not np.allclose(a, b)
+  with pytest.raises(ValueError, match="needs labels"):
+    model.apply({"params": params}, x, keys, None)
+  model, params, x, _, keys = _init("vae", "mlp")
+  a = model.apply({"params": params}, x, keys, jnp.array([0, 0, 0]))["out"]
+  b = model.apply({"params": params}, x, keys, jnp.array([5, 5, 5]))["out"]
+  np.testing.assert_array_equal(a, b)

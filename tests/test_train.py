@@ -1,0 +1,87 @@
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from tests import helpers
+from tests.conftest import tiny_config
+from vae_jax import optim, parallel, steps, train
+from vae_jax.models import build_model
+
+
+def _mesh(n):
+  return parallel.make_mesh(jax.devices()[:n])
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(dataset):
+  config = tiny_config()
+  mesh = _mesh(1)
+  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  tx, _ = optim.make_optimizer(config.optimizer, 100)
+  rng = jax.random.key(0)
+  state = steps.init_state(model, tx, rng, dataset.image_shape, dataset.num_classes)
+  step = steps.make_train_step(model, tx, config, mesh)
+  batch = jax.device_put(dataset.train_stream(32, 0).batch(0), parallel.batch_sharded(mesh))
+  losses = []
+  for _ in range(30):
+    state, metrics = step(state, batch, rng)
+    losses.append(float(metrics["loss"]))
+  assert int(state.step) == 30
+  assert losses[-1] < 0.9 * losses[0]
+  assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
+
+
+# Metrics agree to 1e-5. Conv parameters get a looser bound: conv gradients are summed in another
+# order per device, and Adam's g / sqrt(v) amplifies that noise in near-zero gradient entries.
+@pytest.mark.parametrize("name,arch,param_atol", [("vae", "mlp", 1e-5), ("cvae", "conv", 5e-4)])
+def test_one_and_four_devices_give_the_same_run(dataset, tmp_path, name, arch, param_atol):
+  config = tiny_config(**{"model.name": name, "model.arch": arch, "data.binarize": "dynamic"})
+  r1 = train.train_and_evaluate(config, str(tmp_path / "d1"), mesh=_mesh(1), dataset=dataset)
+  r4 = train.train_and_evaluate(config, str(tmp_path / "d4"), mesh=_mesh(4), dataset=dataset)
+  assert (r1["num_devices"], r4["num_devices"]) == (1, 4)
+  for key in ("eval_loss", "eval_recon", "eval_kl", "eval_elbo"):
+    np.testing.assert_allclose(r1[key], r4[key], rtol=1e-5, atol=1e-5, err_msg=key)
+  curve1 = helpers.scalar_series(str(tmp_path / "d1"), "train_loss")
+  curve4 = helpers.scalar_series(str(tmp_path / "d4"), "train_loss")
+  assert len(curve1) == 2
+  np.testing.assert_allclose([v for _, v in curve1], [v for _, v in curve4], rtol=1e-5, atol=1e-5)
+  helpers.assert_trees_close(
+    helpers.checkpoint_params(str(tmp_path / "d1"), 8),
+    helpers.checkpoint_params(str(tmp_path / "d4"), 8),
+    atol=param_atol,
+  )
+
+
+def test_resume_after_interruption_equals_an_uninterrupted_run(dataset, tmp_path):
+  config = tiny_config(**{"data.binarize": "dynamic"})
+  full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+  train.train_and_evaluate(config, full, mesh=_mesh(2), dataset=dataset)
+  train.train_and_evaluate(config, cut, mesh=_mesh(2), dataset=dataset)
+  # Simulate a run killed after its step-4 checkpoint: drop what came later.
+  shutil.rmtree(os.path.join(cut, "checkpoints", "8"))
+  os.remove(os.path.join(cut, "results.json"))
+  resumed = train.train_and_evaluate(config, cut, mesh=_mesh(2), dataset=dataset)
+  assert resumed["step"] == 8
+  helpers.assert_trees_close(
+    helpers.checkpoint_params(full, 8), helpers.checkpoint_params(cut, 8), atol=0
+  )
+  assert resumed["eval_loss"] == helpers.results(full)["eval_loss"]
+
+
+def test_training_longer_continues_from_the_checkpoint(dataset, tmp_path):
+  workdir = str(tmp_path / "w")
+  train.train_and_evaluate(tiny_config(), workdir, mesh=_mesh(1), dataset=dataset)
+  more = train.train_and_evaluate(
+    tiny_config(num_train_steps=12), workdir, mesh=_mesh(1), dataset=dataset
+  )
+  assert more["step"] == 12
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [4, 8, 12]
+
+
+def test_non_finite_loss_stops_the_run_with_a_clear_message(dataset, tmp_path):
+  config = tiny_config(**{"optimizer.learning_rate": 1e12, "log_every_steps": 1})
+  with pytest.raises(train.NonFiniteLossError, match="Non-finite training loss .* at step"):
+    train.train_and_evaluate(config, str(tmp_path), mesh=_mesh(1), dataset=dataset)
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "8"))
