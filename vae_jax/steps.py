@@ -79,9 +79,15 @@ def make_train_step(
   def per_device(state: TrainState, batch: dict, keys: jax.Array):
     def loss_fn(params):
       terms = forward_terms(model, params, batch, keys, config)
-      return objectives.loss_from_terms(terms, config.objective.beta)
+      return objectives.loss_from_terms(
+        terms, config.objective, state.step, lambda v: lax.pmean(v, DATA_AXIS)
+      )
 
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    # Parameters are replicated (device-invariant); differentiating them directly would make JAX
+    # psum the per-device gradients itself. Casting to device-varying gives each device the
+    # gradient of its own shard's loss, which the explicit pmean then averages.
+    local_params = lax.pcast(state.params, DATA_AXIS, to="varying")
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params)
     grads = lax.pmean(grads, DATA_AXIS)
     metrics = lax.pmean(metrics, DATA_AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -107,13 +113,12 @@ def make_eval_step(
   """Builds the jitted data-parallel eval step `(params, batch, rng) -> sums`.
 
   The batch carries `index` (position in the test split; example keys are fold_in(rng, index), so
-  every evaluation sees the same noise) and `mask`. Returned metrics are masked sums over the
-  batch plus `count`; divide by the total count after the last batch.
+  every evaluation sees the same noise) and `mask`. Returned metrics are masked sums of the
+  per-example terms plus `count`; divide by the total count after the last batch.
   """
 
   def per_device(params, batch: dict, keys: jax.Array):
     terms = forward_terms(model, params, batch, keys, config)
-    terms["loss"] = -terms["recon"] + config.objective.beta * terms["kl"]
     mask = batch["mask"]
     sums = jax.tree.map(lambda v: jnp.tensordot(mask, v, axes=1), terms)
     sums["count"] = mask.sum()

@@ -1,0 +1,50 @@
+"""The data-parallel step against plain `jax.grad` of the global-batch loss.
+
+SGD with learning rate 1 makes the parameter change equal to minus the gradient, so these tests see
+the gradient's scale, which Adam (invariant to it) would hide.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from tests.conftest import tiny_config
+from vae_jax import objectives, parallel, steps
+from vae_jax.models import build_model
+
+
+@pytest.mark.parametrize("num_devices", [1, 4])
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    {},
+    {"model.name": "cvae", "model.arch": "conv"},
+    {"objective.free_bits": 0.3},
+    {"objective.kl_penalty": "capacity", "objective.capacity_steps": 4},
+  ],
+)
+def test_sharded_gradient_equals_global_batch_gradient(dataset, overrides, num_devices):
+  config = tiny_config(**{"data.binarize": "dynamic", **overrides})
+  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  tx = optax.sgd(1.0)
+  rng = jax.random.key(0)
+  state = steps.init_state(model, tx, rng, dataset.image_shape, dataset.num_classes)
+  batch = dataset.train_stream(32, 0).batch(0)
+  keys = parallel.example_keys(rng, 0, jnp.arange(32))
+
+  def global_loss(params):
+    terms = steps.forward_terms(model, params, jax.tree.map(jnp.asarray, batch), keys, config)
+    return objectives.loss_from_terms(terms, config.objective, 0)[0]
+
+  expected = jax.grad(global_loss)(state.params)
+  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  before = jax.device_get(state.params)
+  state = jax.device_put(state, parallel.replicated(mesh))
+  train_step = steps.make_train_step(model, tx, config, mesh)
+  after, metrics = train_step(state, jax.device_put(batch, parallel.batch_sharded(mesh)), rng)
+  got = jax.tree.map(lambda a, b: a - b, before, jax.device_get(after.params))
+  for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+    np.testing.assert_allclose(g, e, atol=1e-5 * float(np.abs(e).max()) + 1e-7)
+  np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(expected), rtol=1e-5)
