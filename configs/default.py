@@ -12,13 +12,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "mnist"  # Any TFDS image dataset (mnist, fashion_mnist, ...).
+  config.data.name = "mnist"  # dsprites_procedural, dsprites, or a TFDS image dataset.
   config.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None = TFDS default.
   config.data.manual_dir = config_dict.placeholder(str)  # Folder with the raw files (offline).
   config.data.batch_size = 128  # Global batch, split over all devices.
   config.data.eval_batch_size = 1000
   config.data.binarize = "none"  # none | dynamic (fresh Bernoulli draws) | threshold
   config.data.binarize_threshold = 0.5
+  config.data.num_eval_examples = 10_000  # Test split size of ground-truth datasets.
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "vae"  # vae | cvae | ae
@@ -30,9 +31,21 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dense_sizes = (256,)  # Dense layers between conv stack and latent.
   config.model.likelihood = "bernoulli"  # bernoulli | gaussian | gaussian_learned
   config.model.gaussian_sigma = 1.0  # Observation std for likelihood='gaussian'.
+  config.model.init_scheme = (
+    "flax"  # flax (LeCun normal) | pytorch (U(+-1/sqrt(fan_in)), as nn.Linear)
+  )
 
   config.objective = ml_collections.ConfigDict()
+  config.objective.kl_penalty = "beta"  # beta: beta_t * KL | capacity: gamma * |KL - C_t|
   config.objective.beta = 1.0
+  config.objective.kl_schedule = "constant"  # constant | linear | cyclical (multiplies beta)
+  config.objective.kl_warmup_steps = 10_000  # linear: steps for beta_t to reach beta.
+  config.objective.kl_cycle_steps = 10_000  # cyclical: steps per cycle (Fu et al. 2019).
+  config.objective.kl_cycle_ratio = 0.5  # cyclical: share of each cycle spent increasing.
+  config.objective.free_bits = 0.0  # Per-dimension KL floor in nats; 0 disables.
+  config.objective.capacity_max = 25.0  # capacity: C_max in nats (Burgess et al. 2018).
+  config.objective.capacity_steps = 100_000  # capacity: steps for C_t to reach C_max.
+  config.objective.capacity_gamma = 1000.0  # capacity: gamma.
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"  # adam | adamw
@@ -50,4 +63,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3
   config.num_image_examples = 8  # Inputs shown next to their reconstructions.
   config.num_prior_samples = 64
+  config.num_traversal_inputs = 3  # Test inputs whose latent traversals are logged.
   return config

@@ -1,6 +1,7 @@
 """The seeds' reference VAE: MLP 784-400-20, Bernoulli likelihood, Adam 1e-3, batch 128, 10 epochs.
 
-The default config is exactly this model; this file names it.
+A faithful port of the PyTorch reference (pytorch/examples `vae`), down to PyTorch's default layer
+initialisation, which is worth ~0.3 nats of test ELBO at this budget (see README, Results).
 """
 
 import ml_collections
@@ -9,4 +10,6 @@ from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-  return default.get_config()
+  config = default.get_config()
+  config.model.init_scheme = "pytorch"
+  return config

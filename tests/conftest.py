@@ -47,6 +47,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 4
   config.num_image_examples = 4
   config.num_prior_samples = 4
+  config.num_traversal_inputs = 2
   config.update_from_flattened_dict(overrides)
   return config
 

@@ -16,7 +16,9 @@ def results(workdir: str) -> dict:
 
 def checkpoint_params(workdir: str, step: int) -> dict:
   path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "default"))
-  return ocp.StandardCheckpointer().restore(path)["params"]
+  import jax
+
+  return jax.device_get(ocp.StandardCheckpointer().restore(path)["params"])
 
 
 def assert_trees_close(a, b, atol: float) -> None:

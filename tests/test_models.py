@@ -44,8 +44,26 @@ def test_conv_bodies_have_the_issue_layout():
   assert shapes["encoder"]["Conv_1"]["kernel"] == (3, 3, 32, 64)
   assert shapes["encoder"]["Dense_0"]["kernel"] == (7 * 7 * 64, 256)
   assert shapes["decoder"]["Dense_1"]["kernel"] == (256, 7 * 7 * 64)
-  assert shapes["decoder"]["ConvTranspose_0"]["kernel"] == (3, 3, 64, 32)
-  assert shapes["decoder"]["ConvTranspose_1"]["kernel"] == (3, 3, 32, 1)
+  assert shapes["decoder"]["UpConv_0"]["kernel"] == (3, 3, 64, 32)
+  assert shapes["decoder"]["UpConv_1"]["kernel"] == (3, 3, 32, 1)
+
+
+def test_beta4_architecture_is_the_burgess_layout():
+  from configs import beta4
+
+  config = beta4.get_config()
+  model = build_model(config.model, (64, 64, 1), 0)
+  keys = jax.random.split(jax.random.key(0), 2)
+  params = model.init(jax.random.key(0), jnp.zeros((2, 64, 64, 1)), keys)["params"]
+  shapes = jax.tree.map(lambda a: a.shape, params)
+  enc, dec = shapes["encoder"], shapes["decoder"]
+  assert [enc[f"Conv_{i}"]["kernel"] for i in range(4)] == [(4, 4, 1, 32)] + [(4, 4, 32, 32)] * 3
+  assert enc["Dense_0"]["kernel"] == (4 * 4 * 32, 256) and enc["Dense_1"]["kernel"] == (256, 256)
+  assert shapes["posterior_head"]["Dense_0"]["kernel"] == (256, 20)  # mu and logvar of 10 dims
+  assert dec["Dense_0"]["kernel"] == (10, 256) and dec["Dense_2"]["kernel"] == (256, 512)
+  assert [dec[f"UpConv_{i}"]["kernel"] for i in range(4)] == [(4, 4, 32, 32)] * 3 + [(4, 4, 32, 1)]
+  out = model.apply({"params": params}, jnp.zeros((2, 64, 64, 1)), keys)
+  assert out["out"].shape == (2, 64, 64, 1) and out["z"].shape == (2, 10)
 
 
 def test_reparameterization_uses_the_given_keys():

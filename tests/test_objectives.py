@@ -1,10 +1,18 @@
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import objectives
+from configs import default
+from vae_jax import kl_schedules, objectives
+
+
+def _objective(**overrides):
+  config = default.get_config().objective
+  config.update(overrides)
+  return config
 
 
 def test_kl_per_dimension_matches_hand_computed_values():
@@ -70,8 +78,9 @@ def test_loss_is_minus_recon_plus_beta_kl_and_elbo_is_recon_minus_kl():
   np.testing.assert_allclose(terms["recon"], [recon, recon], rtol=1e-6)
   np.testing.assert_allclose(terms["kl"], [0.5, 0.0], rtol=1e-6)
   np.testing.assert_allclose(terms["elbo"], [recon - 0.5, recon], rtol=1e-6)
-  loss, metrics = objectives.loss_from_terms(terms, beta=4.0)
+  loss, metrics = objectives.loss_from_terms(terms, _objective(beta=4.0), step=0)
   np.testing.assert_allclose(loss, -recon + 4.0 * 0.25, rtol=1e-6)
+  np.testing.assert_allclose(metrics["beta"], 4.0)
   assert metrics["kl_per_dim"].shape == (2,)
   np.testing.assert_allclose(metrics["kl_per_dim"], [0.25, 0.0], rtol=1e-6)
 
@@ -81,3 +90,55 @@ def test_autoencoder_outputs_have_zero_kl():
   terms = objectives.per_example_terms(jnp.ones((2, 3)), outputs, "bernoulli")
   np.testing.assert_array_equal(terms["kl"], [0.0, 0.0])
   assert terms["kl_per_dim"].shape == (2, 5)
+
+
+def test_linear_warmup_schedule_values():
+  config = _objective(kl_schedule="linear", kl_warmup_steps=100)
+  values = [float(kl_schedules.kl_weight(s, config)) for s in (0, 25, 100, 1000)]
+  np.testing.assert_allclose(values, [0.0, 0.25, 1.0, 1.0])
+
+
+def test_cyclical_schedule_values():
+  config = _objective(kl_schedule="cyclical", kl_cycle_steps=100, kl_cycle_ratio=0.5)
+  steps = (0, 25, 50, 99, 100, 125, 260)
+  values = [float(kl_schedules.kl_weight(s, config)) for s in steps]
+  np.testing.assert_allclose(values, [0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0], atol=1e-6)
+
+
+def test_constant_schedule_and_effective_beta():
+  config = _objective(beta=4.0, kl_schedule="linear", kl_warmup_steps=10)
+  penalty, extras = objectives.kl_penalty(jnp.array([1.0, 2.0]), config, step=5)
+  np.testing.assert_allclose(extras["beta"], 2.0)
+  np.testing.assert_allclose(penalty, 2.0 * 3.0)
+  assert float(kl_schedules.kl_weight(7, _objective())) == 1.0
+
+
+def test_capacity_target_and_loss_on_known_inputs():
+  config = _objective(
+    kl_penalty="capacity", capacity_max=25.0, capacity_steps=1000, capacity_gamma=10.0
+  )
+  np.testing.assert_allclose(
+    [float(kl_schedules.capacity(s, config)) for s in (0, 400, 1000, 5000)], [0, 10, 25, 25]
+  )
+  penalty, extras = objectives.kl_penalty(jnp.array([3.0, 4.0]), config, step=400)
+  np.testing.assert_allclose(extras["capacity"], 10.0)
+  np.testing.assert_allclose(penalty, 10.0 * abs(7.0 - 10.0))
+  penalty, _ = objectives.kl_penalty(jnp.array([20.0, 10.0]), config, step=400)
+  np.testing.assert_allclose(penalty, 10.0 * 20.0)
+
+
+def test_free_bits_floor_each_dimension_and_stop_their_gradient():
+  config = _objective(beta=1.0, free_bits=0.5)
+  penalty, _ = objectives.kl_penalty(jnp.array([0.1, 2.0, 0.4]), config, step=0)
+  np.testing.assert_allclose(penalty, 0.5 + 2.0 + 0.5)
+  grad = jax.grad(lambda k: objectives.kl_penalty(k, config, 0)[0])(jnp.array([0.1, 2.0, 0.4]))
+  np.testing.assert_allclose(grad, [0.0, 1.0, 0.0])
+
+
+def test_loss_reports_true_kl_while_free_bits_shape_the_loss():
+  x = jnp.ones((1, 2))
+  outputs = {"out": jnp.zeros((1, 2)), "mu": jnp.zeros((1, 2)), "logvar": jnp.zeros((1, 2))}
+  terms = objectives.per_example_terms(x, outputs, "bernoulli")
+  loss, metrics = objectives.loss_from_terms(terms, _objective(free_bits=0.25), step=0)
+  assert float(metrics["kl"]) == 0.0
+  np.testing.assert_allclose(loss, -float(metrics["recon"]) + 0.5, rtol=1e-6)

@@ -33,11 +33,20 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(dataset):
   assert np.isfinite(float(metrics["grad_norm"])) and float(metrics["grad_norm"]) > 0
 
 
-# Metrics agree to 1e-5. Conv parameters get a looser bound: conv gradients are summed in another
-# order per device, and Adam's g / sqrt(v) amplifies that noise in near-zero gradient entries.
-@pytest.mark.parametrize("name,arch,param_atol", [("vae", "mlp", 1e-5), ("cvae", "conv", 5e-4)])
-def test_one_and_four_devices_give_the_same_run(dataset, tmp_path, name, arch, param_atol):
-  config = tiny_config(**{"model.name": name, "model.arch": arch, "data.binarize": "dynamic"})
+# Metrics agree to 1e-5. Conv gradients are summed in another order per device, and Adam's
+# g / sqrt(v) can turn that noise in a near-zero gradient entry into a +-lr step, so for conv models
+# 99.9% of parameters must agree to 1e-5 and none may differ by more than steps * lr (Adam's bound).
+# Free bits and capacity are nonlinear in the batch-mean KL: they must see the global batch.
+@pytest.mark.parametrize(
+  "overrides,strict",
+  [
+    ({"model.name": "vae", "model.arch": "mlp", "objective.free_bits": 0.3}, True),
+    ({"model.name": "cvae", "model.arch": "conv"}, False),
+    ({"objective.kl_penalty": "capacity", "objective.capacity_steps": 4}, True),
+  ],
+)
+def test_one_and_four_devices_give_the_same_run(dataset, tmp_path, overrides, strict):
+  config = tiny_config(**{"data.binarize": "dynamic", **overrides})
   r1 = train.train_and_evaluate(config, str(tmp_path / "d1"), mesh=_mesh(1), dataset=dataset)
   r4 = train.train_and_evaluate(config, str(tmp_path / "d4"), mesh=_mesh(4), dataset=dataset)
   assert (r1["num_devices"], r4["num_devices"]) == (1, 4)
@@ -47,11 +56,16 @@ def test_one_and_four_devices_give_the_same_run(dataset, tmp_path, name, arch, p
   curve4 = helpers.scalar_series(str(tmp_path / "d4"), "train_loss")
   assert len(curve1) == 2
   np.testing.assert_allclose([v for _, v in curve1], [v for _, v in curve4], rtol=1e-5, atol=1e-5)
-  helpers.assert_trees_close(
-    helpers.checkpoint_params(str(tmp_path / "d1"), 8),
-    helpers.checkpoint_params(str(tmp_path / "d4"), 8),
-    atol=param_atol,
-  )
+  p1 = helpers.checkpoint_params(str(tmp_path / "d1"), 8)
+  p4 = helpers.checkpoint_params(str(tmp_path / "d4"), 8)
+  if strict:
+    helpers.assert_trees_close(p1, p4, atol=1e-5)
+  else:
+    diff = np.concatenate(
+      [np.abs(a - b).ravel() for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4), strict=True)]
+    )
+    assert np.quantile(diff, 0.999) < 1e-5
+    assert diff.max() <= 8 * config.optimizer.learning_rate
 
 
 def test_resume_after_interruption_equals_an_uninterrupted_run(dataset, tmp_path):
@@ -85,3 +99,29 @@ def test_non_finite_loss_stops_the_run_with_a_clear_message(dataset, tmp_path):
   with pytest.raises(train.NonFiniteLossError, match="Non-finite training loss .* at step"):
     train.train_and_evaluate(config, str(tmp_path), mesh=_mesh(1), dataset=dataset)
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "8"))
+
+
+@pytest.mark.slow
+def test_beta4_config_trains_end_to_end_on_procedural_dsprites(tmp_path):
+  from configs import beta4
+
+  config = beta4.get_config("quick")
+  config.update_from_flattened_dict(
+    {
+      "num_train_steps": 4,
+      "log_every_steps": 2,
+      "eval_every_steps": 4,
+      "checkpoint_every_steps": 4,
+      "data.batch_size": 16,
+      "data.num_eval_examples": 40,
+      "data.eval_batch_size": 20,
+      "num_image_examples": 3,
+      "num_prior_samples": 4,
+      "num_traversal_inputs": 1,
+    }
+  )
+  results = train.train_and_evaluate(config, str(tmp_path), mesh=_mesh(2))
+  assert results["step"] == 4 and np.isfinite(results["eval_loss"])
+  assert {f"eval_kl_dim_{d:02d}" for d in range(10)} <= set(results)
+  tags = helpers.event_tags(str(tmp_path))
+  assert {"traversals", "reconstructions", "train_beta", "eval_kl_dim_09"} <= tags

@@ -5,9 +5,10 @@ Each failure raises `ConfigError` with one line that names the field and the fix
 
 import ml_collections
 
-from vae_jax import objectives, optim
+from vae_jax import kl_schedules, objectives, optim
 from vae_jax.data.preprocess import BINARIZE
 from vae_jax.models import ARCHS, MODELS
+from vae_jax.models.bodies import INITS
 
 
 class ConfigError(ValueError):
@@ -25,15 +26,24 @@ def _choice(value, choices, field: str) -> None:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Checks field values and that batches split evenly over `num_devices`."""
-  m, d, o = config.model, config.data, config.optimizer
+  m, d, o, obj = config.model, config.data, config.optimizer, config.objective
   _choice(m.name, MODELS, "model.name")
+  _choice(m.init_scheme, INITS, "model.init_scheme")
+  _choice(obj.kl_penalty, objectives.KL_PENALTIES, "objective.kl_penalty")
+  _choice(obj.kl_schedule, kl_schedules.KL_SCHEDULES, "objective.kl_schedule")
   _choice(m.arch, ARCHS, "model.arch")
   _choice(m.likelihood, objectives.LIKELIHOODS, "model.likelihood")
   _choice(d.binarize, BINARIZE, "data.binarize")
   _choice(o.name, optim.OPTIMIZERS, "optimizer.name")
   _choice(o.schedule, optim.SCHEDULES, "optimizer.schedule")
   _require(m.latent_dim >= 1, f"model.latent_dim={m.latent_dim} must be >= 1.")
-  _require(config.objective.beta >= 0, f"objective.beta={config.objective.beta} must be >= 0.")
+  for field in ("beta", "free_bits", "capacity_max", "capacity_gamma", "kl_warmup_steps"):
+    _require(obj[field] >= 0, f"objective.{field}={obj[field]} must be >= 0.")
+  _require(obj.kl_cycle_steps >= 1, f"objective.kl_cycle_steps={obj.kl_cycle_steps} must be >= 1.")
+  _require(
+    0 < obj.kl_cycle_ratio <= 1, f"objective.kl_cycle_ratio={obj.kl_cycle_ratio} must be in (0, 1]."
+  )
+  _require(d.num_eval_examples >= 1, "data.num_eval_examples must be >= 1.")
   _require(m.gaussian_sigma > 0, f"model.gaussian_sigma={m.gaussian_sigma} must be > 0.")
   _require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0.")
   _require(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0.")

@@ -2,15 +2,21 @@
 
 All quantities are per example, in nats. `recon` is E_q[log p(x|z)] (a log-likelihood, so <= 0 for
 binary data), `kl` is KL(q(z|x) || N(0, I)), `elbo = recon - kl`, and the loss is
-`-recon + beta * kl`.
+`-recon + penalty(kl)`: `beta_t * kl` (beta-VAE, with an optional warm-up or cyclical schedule
+beta_t, and optional free bits) or `gamma * |kl - C_t|` (controlled capacity).
 """
 
 import math
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from vae_jax import kl_schedules
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+KL_PENALTIES = ("beta", "capacity")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -72,10 +78,47 @@ def per_example_terms(
   return {"recon": recon, "kl": kl, "kl_per_dim": kl_per_dim, "elbo": recon - kl}
 
 
-def loss_from_terms(
-  terms: dict[str, jnp.ndarray], beta: float | jnp.ndarray
+def kl_penalty(
+  kl_per_dim: jnp.ndarray, config: ml_collections.ConfigDict, step
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-  """Batch-mean loss `-recon + beta * kl` and the batch means of every term."""
+  """The KL part of the loss from the batch-mean KL per dimension, and what to log about it.
+
+  Free bits (Kingma et al. 2016) floor each dimension's batch-mean KL at `free_bits` nats before
+  summing, so dimensions below the floor get no gradient from the KL term.
+
+  Returns:
+    (penalty, {'beta': effective beta} or {'capacity': C_t}).
+  """
+  kl_per_dim = jnp.asarray(kl_per_dim)
+  if config.free_bits > 0:
+    kl_per_dim = jnp.maximum(kl_per_dim, config.free_bits)
+  kl = kl_per_dim.sum(axis=-1)
+  if config.kl_penalty == "capacity":
+    c = kl_schedules.capacity(step, config)
+    return config.capacity_gamma * jnp.abs(kl - c), {"capacity": c}
+  if config.kl_penalty != "beta":
+    raise ValueError(f"Unknown kl_penalty {config.kl_penalty!r}; choose one of {KL_PENALTIES}.")
+  beta = config.beta * kl_schedules.kl_weight(step, config)
+  return beta * kl, {"beta": beta}
+
+
+def loss_from_terms(
+  terms: dict[str, jnp.ndarray],
+  config: ml_collections.ConfigDict,
+  step,
+  global_mean: Callable[[jnp.ndarray], jnp.ndarray] = lambda v: v,
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """Batch-mean loss `-recon + kl_penalty` and the batch means of every term.
+
+  Args:
+    terms: per-example terms from `per_example_terms`.
+    config: `config.objective`.
+    step: training step (for schedules).
+    global_mean: turns a per-device batch mean into the global batch mean (`lax.pmean` over the
+      data axis inside a data-parallel step). The KL penalty is nonlinear in the batch mean, so it
+      must see the global batch for results not to depend on the device count.
+  """
   metrics = jax.tree.map(lambda v: v.mean(axis=0), terms)
-  loss = -metrics["recon"] + beta * metrics["kl"]
-  return loss, {"loss": loss, **metrics}
+  penalty, extras = kl_penalty(global_mean(metrics["kl_per_dim"]), config, step)
+  loss = -metrics["recon"] + penalty
+  return loss, {"loss": loss, **metrics, **extras}

@@ -16,10 +16,9 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from vae_jax import checkpointing, config_checks, model_fns, optim, parallel, steps
+from vae_jax import checkpointing, config_checks, objectives, optim, parallel, steps, summaries
 from vae_jax.data import ArrayDataset, load_dataset
 from vae_jax.models import build_model
-from vae_jax.visualize import image_grid
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -61,8 +60,10 @@ def _check_finite(metrics: dict, step: int) -> None:
     )
 
 
-def evaluate(eval_step, params, dataset: ArrayDataset, config, mesh, rng) -> dict[str, np.ndarray]:
-  """Per-example means of every objective term over the whole test split."""
+def evaluate(
+  eval_step, params, dataset: ArrayDataset, config, mesh, rng, step: int
+) -> dict[str, np.ndarray]:
+  """Per-example means of every objective term over the whole test split, and the loss at `step`."""
   sharding = parallel.batch_sharded(mesh)
   totals = None
   for batch in dataset.eval_batches(config.data.eval_batch_size):
@@ -70,24 +71,10 @@ def evaluate(eval_step, params, dataset: ArrayDataset, config, mesh, rng) -> dic
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = totals.pop("count")
-  return {k: v / count for k, v in totals.items()}
-
-
-def write_images(writer, step: int, model, params, dataset: ArrayDataset, config, rng) -> None:
-  """Inputs over their reconstructions, and prior samples, as TensorBoard image grids."""
-  n, likelihood = config.num_image_examples, config.model.likelihood
-  x = jnp.asarray(dataset.test_images[:n], jnp.float32) / 255.0
-  y = None if dataset.test_labels is None else jnp.asarray(dataset.test_labels[:n])
-  recon = model_fns.reconstruct(model, params, x, likelihood, y)
-  images = {"reconstructions": image_grid(np.concatenate([x, recon]), ncol=n)[None]}
-  if config.model.name != "ae":
-    m = config.num_prior_samples
-    labels = jnp.arange(m) % dataset.num_classes if dataset.num_classes else None
-    samples = model_fns.prior_samples(
-      model, params, rng, m, config.model.latent_dim, likelihood, labels
-    )
-    images["prior_samples"] = image_grid(samples, ncol=int(np.ceil(np.sqrt(m))))[None]
-  writer.write_images(step, images)
+  metrics = {k: v / count for k, v in totals.items()}
+  penalty, _ = objectives.kl_penalty(metrics["kl_per_dim"], config.objective, step)
+  metrics["loss"] = -metrics["recon"] + float(penalty)
+  return metrics
 
 
 def train_and_evaluate(
@@ -143,9 +130,12 @@ def train_and_evaluate(
 
   def run_eval(step: int) -> dict:
     with report.timed("eval"):
-      metrics = evaluate(eval_step, state.params, dataset, config, mesh, eval_rng)
+      metrics = evaluate(eval_step, state.params, dataset, config, mesh, eval_rng, step)
       writer.write_scalars(step, _scalars("eval_", metrics))
-      write_images(writer, step, model, state.params, dataset, config, sample_rng)
+      images = summaries.model_images(
+        model, state.params, dataset, config, sample_rng, metrics["kl_per_dim"]
+      )
+      writer.write_images(step, images)
     return metrics
 
   history, last_good = [], None

@@ -1,16 +1,39 @@
-"""Datasets by name: `load_dataset(config.data)` returns an in-memory `ArrayDataset`."""
+"""Datasets by name: `load_dataset(config.data)`.
+
+`dsprites_procedural` is rendered here (works anywhere); `dsprites` is DeepMind's original through
+TFDS; any other name is a TFDS image dataset with train/test splits (mnist, fashion_mnist, ...).
+"""
 
 import ml_collections
 
 from vae_jax.data import tfds_images
+from vae_jax.data.ground_truth import GroundTruthData, GroundTruthDataset
 from vae_jax.data.pipeline import ArrayDataset, EpochSampler, TrainStream
 from vae_jax.data.tfds_images import DataError
 
-__all__ = ["ArrayDataset", "DataError", "EpochSampler", "TrainStream", "load_dataset"]
+__all__ = [
+  "ArrayDataset",
+  "DataError",
+  "EpochSampler",
+  "GroundTruthData",
+  "GroundTruthDataset",
+  "TrainStream",
+  "load_dataset",
+]
+GROUND_TRUTH = ("dsprites_procedural", "dsprites")
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> ArrayDataset:
-  """Loads the dataset named by `config.name` (any TFDS image dataset with train/test splits)."""
+def load_dataset(config: ml_collections.ConfigDict) -> ArrayDataset | GroundTruthDataset:
+  """Loads the dataset named by `config.name`."""
+  if config.name == "dsprites_procedural":
+    from vae_jax.data.dsprites_procedural import ProceduralDSprites
+
+    return GroundTruthDataset(ProceduralDSprites(), num_test=config.num_eval_examples)
+  if config.name == "dsprites":
+    from vae_jax.data.dsprites_tfds import TFDSDSprites
+
+    data = TFDSDSprites(config.data_dir, config.manual_dir)
+    return GroundTruthDataset(data, num_test=config.num_eval_examples)
   builder = tfds_images.prepare(config.name, config.data_dir, config.manual_dir)
   train_images, train_labels = tfds_images.load_split(builder, "train")
   test_images, test_labels = tfds_images.load_split(builder, "test")

@@ -56,17 +56,24 @@ class ArrayDataset:
     return TrainStream(self, EpochSampler(len(self.train_images), batch_size, seed))
 
   def eval_batches(self, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
-    """The whole test split in batches of `batch_size`; the last is padded and masked.
+    """The whole test split in padded, masked batches (see `eval_batches`)."""
+    return eval_batches(self.test_images, self.test_labels, batch_size)
 
-    Each batch carries `index` (the example's position in the split, used to derive its keys) and
-    `mask` (1 for real examples, 0 for padding).
-    """
-    n = len(self.test_images)
-    for start in range(0, n, batch_size):
-      idx = np.arange(start, start + batch_size)
-      mask = (idx < n).astype(np.float32)
-      idx = np.minimum(idx, n - 1)
-      yield {**_gather(self.test_images, self.test_labels, idx), "index": idx, "mask": mask}
+
+def eval_batches(
+  images: np.ndarray, labels: np.ndarray | None, batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+  """A split in batches of `batch_size`; the last is padded and masked.
+
+  Each batch carries `index` (the example's position in the split, used to derive its keys) and
+  `mask` (1 for real examples, 0 for padding).
+  """
+  n = len(images)
+  for start in range(0, n, batch_size):
+    idx = np.arange(start, start + batch_size)
+    mask = (idx < n).astype(np.float32)
+    idx = np.minimum(idx, n - 1)
+    yield {**_gather(images, labels, idx), "index": idx, "mask": mask}
 
 
 def _gather(images: np.ndarray, labels: np.ndarray | None, idx: np.ndarray) -> dict:

@@ -16,7 +16,11 @@ _IDX_FILES = (
   "t10k-images-idx3-ubyte.gz",
   "t10k-labels-idx1-ubyte.gz",
 )
-MANUAL_FILES = {"mnist": _IDX_FILES, "fashion_mnist": _IDX_FILES}
+MANUAL_FILES = {
+  "mnist": _IDX_FILES,
+  "fashion_mnist": _IDX_FILES,
+  "dsprites": ("dsprites_ndarray_co1sh3sc6or40x32y32_64x64.hdf5",),
+}
 
 
 class DataError(RuntimeError):

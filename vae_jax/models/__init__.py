@@ -22,14 +22,15 @@ def build_bodies(
   """Returns the (encoder, decoder) bodies named by `config.arch`."""
   if config.arch == "mlp":
     return (
-      bodies.MLPEncoder(tuple(config.hidden_sizes)),
-      bodies.MLPDecoder(tuple(config.hidden_sizes), tuple(image_shape)),
+      bodies.MLPEncoder(tuple(config.hidden_sizes), config.init_scheme),
+      bodies.MLPDecoder(tuple(config.hidden_sizes), tuple(image_shape), config.init_scheme),
     )
   if config.arch == "conv":
     conv = dict(
       features=tuple(config.conv_features),
       kernel_size=config.conv_kernel_size,
       dense_sizes=tuple(config.dense_sizes),
+      init_scheme=config.init_scheme,
     )
     return bodies.ConvEncoder(**conv), bodies.ConvDecoder(**conv, output_shape=tuple(image_shape))
   raise ValueError(f"Unknown model.arch {config.arch!r}; choose one of {ARCHS}.")
@@ -41,7 +42,7 @@ def build_model(
   """Builds the model named by `config.name` for images of `image_shape` (H, W, C)."""
   encoder, decoder = build_bodies(config, image_shape)
   if config.name == "ae":
-    return Autoencoder(encoder, decoder, config.latent_dim)
+    return Autoencoder(encoder, decoder, config.latent_dim, init_scheme=config.init_scheme)
   if config.name in ("vae", "cvae"):
     return VAE(
       encoder,
@@ -49,5 +50,6 @@ def build_model(
       config.latent_dim,
       num_classes=num_classes if config.name == "cvae" else 0,
       learn_sigma=config.likelihood == "gaussian_learned",
+      init_scheme=config.init_scheme,
     )
   raise ValueError(f"Unknown model.name {config.name!r}; choose one of {MODELS}.")

@@ -4,6 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax.models.bodies import Head
+
 
 class Autoencoder(nn.Module):
   """x -> z = f(x) -> decoder output; trained on reconstruction alone.
@@ -12,14 +14,16 @@ class Autoencoder(nn.Module):
     encoder: body mapping x to features.
     decoder: body mapping z to per-pixel likelihood parameters.
     latent_dim: size of z.
+    init_scheme: initialisation of the head ('flax' or 'pytorch', see `bodies`).
   """
 
   encoder: nn.Module
   decoder: nn.Module
   latent_dim: int
+  init_scheme: str = "flax"
 
   def setup(self):  # noqa: D102
-    self.code_head = nn.Dense(self.latent_dim)
+    self.code_head = Head(self.latent_dim, self.init_scheme)
 
   def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns the code z, [batch, latent_dim]."""

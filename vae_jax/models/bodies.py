@@ -3,30 +3,80 @@
 An encoder body maps images (and an optional conditioning vector) to features; a decoder body maps a
 latent vector (and the optional conditioning vector) to per-pixel outputs of the image's shape. The
 heads that turn features into distribution parameters live in the model files.
+
+Every layer takes `init_scheme`: 'flax' (LeCun-normal kernels, zero biases) or 'pytorch' (kernels
+and biases uniform in +-1/sqrt(fan_in), PyTorch's default), to reproduce PyTorch baselines.
 """
 
 import math
 from collections.abc import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+
+from vae_jax.models.upconv import UpConv
+
+INITS = ("flax", "pytorch")
+
+
+def _uniform(bound: float):
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _init_kwargs(init: str, fan_in: int) -> dict:
+  if init == "pytorch":
+    return {
+      "kernel_init": _uniform(1 / math.sqrt(fan_in)),
+      "bias_init": _uniform(1 / math.sqrt(fan_in)),
+    }
+  return {}
+
+
+def dense(features: int, x: jnp.ndarray, init: str, name: str | None = None) -> nn.Dense:
+  """An `nn.Dense` for input `x` with the chosen initialisation."""
+  return nn.Dense(features, name=name, **_init_kwargs(init, x.shape[-1]))
+
+
+def _down(features: int, kernel_size: int, x: jnp.ndarray, init: str) -> nn.Conv:
+  """Stride-2 'SAME' convolution: halves height and width."""
+  kwargs = _init_kwargs(init, x.shape[-1] * kernel_size**2)
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(2, 2), padding="SAME", **kwargs)
+
+
+def _up(features: int, kernel_size: int, x: jnp.ndarray, init: str) -> UpConv:
+  """Stride-2 transposed convolution (the adjoint of `_down`): doubles height and width."""
+  return UpConv(features, kernel_size, **_init_kwargs(init, x.shape[-1] * kernel_size**2))
 
 
 def _join(h: jnp.ndarray, cond: jnp.ndarray | None) -> jnp.ndarray:
   return h if cond is None else jnp.concatenate([h, cond.astype(h.dtype)], axis=-1)
 
 
+class Head(nn.Module):
+  """A dense output layer (posterior parameters, codes) with the chosen initialisation."""
+
+  features: int
+  init_scheme: str = "flax"
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    """Returns [batch, features]."""
+    return dense(self.features, h, self.init_scheme, name="Dense_0")(h)
+
+
 class MLPEncoder(nn.Module):
   """Flattens the image and applies Dense+ReLU layers."""
 
   hidden_sizes: Sequence[int]
+  init_scheme: str = "flax"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns features [batch, hidden_sizes[-1]]."""
     h = _join(x.reshape(x.shape[0], -1), cond)
     for size in self.hidden_sizes:
-      h = nn.relu(nn.Dense(size)(h))
+      h = nn.relu(dense(size, h, self.init_scheme)(h))
     return h
 
 
@@ -35,14 +85,15 @@ class MLPDecoder(nn.Module):
 
   hidden_sizes: Sequence[int]
   output_shape: Sequence[int]
+  init_scheme: str = "flax"
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns per-pixel outputs [batch, *output_shape]."""
     h = _join(z, cond)
     for size in reversed(self.hidden_sizes):
-      h = nn.relu(nn.Dense(size)(h))
-    out = nn.Dense(math.prod(self.output_shape))(h)
+      h = nn.relu(dense(size, h, self.init_scheme)(h))
+    out = dense(math.prod(self.output_shape), h, self.init_scheme)(h)
     return out.reshape((z.shape[0], *self.output_shape))
 
 
@@ -52,17 +103,17 @@ class ConvEncoder(nn.Module):
   features: Sequence[int]
   kernel_size: int
   dense_sizes: Sequence[int]
+  init_scheme: str = "flax"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns features [batch, dense_sizes[-1]]."""
     h = x
-    k = (self.kernel_size, self.kernel_size)
     for f in self.features:
-      h = nn.relu(nn.Conv(f, k, strides=(2, 2), padding="SAME")(h))
+      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme)(h))
     h = _join(h.reshape(h.shape[0], -1), cond)
     for size in self.dense_sizes:
-      h = nn.relu(nn.Dense(size)(h))
+      h = nn.relu(dense(size, h, self.init_scheme)(h))
     return h
 
 
@@ -73,6 +124,7 @@ class ConvDecoder(nn.Module):
   kernel_size: int
   dense_sizes: Sequence[int]
   output_shape: Sequence[int]
+  init_scheme: str = "flax"
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -82,9 +134,8 @@ class ConvDecoder(nn.Module):
     start = (height // scale, width // scale, self.features[-1])
     h = _join(z, cond)
     for size in reversed(self.dense_sizes):
-      h = nn.relu(nn.Dense(size)(h))
-    h = nn.relu(nn.Dense(start[0] * start[1] * start[2])(h)).reshape((z.shape[0], *start))
-    k = (self.kernel_size, self.kernel_size)
+      h = nn.relu(dense(size, h, self.init_scheme)(h))
+    h = nn.relu(dense(math.prod(start), h, self.init_scheme)(h)).reshape((z.shape[0], *start))
     for f in reversed(self.features[:-1]):
-      h = nn.relu(nn.ConvTranspose(f, k, strides=(2, 2), padding="SAME")(h))
-    return nn.ConvTranspose(channels, k, strides=(2, 2), padding="SAME")(h)
+      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
+    return _up(channels, self.kernel_size, h, self.init_scheme)(h)

@@ -4,6 +4,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax.models.bodies import Head
+
 
 class VAE(nn.Module):
   """q(z|x) = N(mu, diag(exp(logvar))), p(z) = N(0, I), p(x|z) given by the decoder output.
@@ -14,6 +16,7 @@ class VAE(nn.Module):
     latent_dim: size of z.
     num_classes: > 0 makes the model conditional: the one-hot label joins encoder and decoder.
     learn_sigma: adds a learned scalar observation log-std (for the learned-sigma Gaussian).
+    init_scheme: initialisation of the head ('flax' or 'pytorch', see `bodies`).
   """
 
   encoder: nn.Module
@@ -21,9 +24,10 @@ class VAE(nn.Module):
   latent_dim: int
   num_classes: int = 0
   learn_sigma: bool = False
+  init_scheme: str = "flax"
 
   def setup(self):  # noqa: D102
-    self.posterior_head = nn.Dense(2 * self.latent_dim)
+    self.posterior_head = Head(2 * self.latent_dim, self.init_scheme)
     if self.learn_sigma:
       self.log_sigma = self.param("log_sigma", nn.initializers.zeros, ())
 

@@ -1,0 +1,62 @@
+"""TensorBoard images of a model: reconstructions, prior samples and latent traversals."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vae_jax import model_fns
+from vae_jax.visualize import image_grid
+
+
+def _test_inputs(dataset, n: int) -> tuple[jnp.ndarray, jnp.ndarray | None]:
+  x = jnp.asarray(dataset.test_images[:n], jnp.float32) / 255.0
+  y = None if not dataset.num_classes else jnp.asarray(dataset.test_labels[:n])
+  return x, y
+
+
+def traversal_grids(
+  model, params, x, y, kl_per_dim: np.ndarray, likelihood: str, num_values: int = 10
+) -> np.ndarray:
+  """One grid per input: row r sweeps the r-th most informative latent over [-3, 3].
+
+  The other latents stay at the input's posterior mean; rows are ordered by decreasing KL.
+
+  Returns:
+    [num_inputs, H', W', C] grid images.
+  """
+  mu = model_fns.posterior_mean(model, params, x, y)
+  dims = np.argsort(-np.asarray(kl_per_dim))
+  values = jnp.linspace(-3.0, 3.0, num_values)
+  grids = []
+  for i in range(len(x)):
+    z = jnp.tile(mu[i], (len(dims), num_values, 1))
+    z = z.at[np.arange(len(dims))[:, None], np.arange(num_values)[None, :], dims[:, None]].set(
+      values[None, :]
+    )
+    yi = None if y is None else jnp.full((z.shape[0] * num_values,), y[i])
+    images = model_fns.decode_mean(model, params, z.reshape(-1, z.shape[-1]), likelihood, yi)
+    grids.append(image_grid(np.asarray(images), ncol=num_values))
+  return np.stack(grids)
+
+
+def model_images(
+  model, params, dataset, config: ml_collections.ConfigDict, rng, kl_per_dim: np.ndarray
+) -> dict[str, np.ndarray]:
+  """Image summaries keyed by TensorBoard tag, each [N, H, W, C] in [0, 1]."""
+  likelihood = config.model.likelihood
+  x, y = _test_inputs(dataset, config.num_image_examples)
+  recon = model_fns.reconstruct(model, params, x, likelihood, y)
+  images = {"reconstructions": image_grid(np.concatenate([x, recon]), ncol=len(x))[None]}
+  if config.model.name == "ae":
+    return images
+  m = config.num_prior_samples
+  labels = jnp.arange(m) % dataset.num_classes if dataset.num_classes else None
+  samples = model_fns.prior_samples(
+    model, params, rng, m, config.model.latent_dim, likelihood, labels
+  )
+  images["prior_samples"] = image_grid(samples, ncol=int(np.ceil(np.sqrt(m))))[None]
+  n = config.num_traversal_inputs
+  images["traversals"] = traversal_grids(
+    model, params, x[:n], None if y is None else y[:n], kl_per_dim, likelihood
+  )
+  return images
