@@ -57,7 +57,6 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.num_epochs = 10
   config.num_train_steps = -1  # > 0 overrides num_epochs.
-  config.steps_per_call = 8  # Train steps per dispatch (lax.scan); logging is unaffected.
   config.log_every_steps = 100
   config.eval_every_steps = -1  # -1: once per epoch.
   config.checkpoint_every_steps = -1  # -1: once per epoch.

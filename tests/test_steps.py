@@ -48,30 +48,3 @@ def test_sharded_gradient_equals_global_batch_gradient(dataset, overrides, num_d
   for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
     np.testing.assert_allclose(g, e, atol=1e-5 * float(np.abs(e).max()) + 1e-7)
   np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(expected), rtol=1e-5)
-
-
-def test_multi_step_equals_single_steps(dataset):
-  config = tiny_config(**{"data.binarize": "dynamic"})
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
-  tx = optax.adam(1e-3)
-  rng = jax.random.key(0)
-  mesh = parallel.make_mesh(jax.devices()[:2])
-  init = steps.init_state(model, tx, rng, dataset.image_shape, dataset.num_classes)
-  stream = dataset.train_stream(32, 0)
-  batches = [stream.batch(s) for s in range(3)]
-
-  single = jax.device_put(jax.tree.map(jnp.copy, init), parallel.replicated(mesh))
-  train_step = steps.make_train_step(model, tx, config, mesh)
-  losses = []
-  for batch in batches:
-    single, m = train_step(single, jax.device_put(batch, parallel.batch_sharded(mesh)), rng)
-    losses.append(float(m["loss"]))
-
-  multi = jax.device_put(jax.tree.map(jnp.copy, init), parallel.replicated(mesh))
-  stacked = jax.tree.map(lambda *b: np.stack(b), *batches)
-  stacked = jax.device_put(stacked, parallel.stacked_batch_sharded(mesh))
-  multi, metrics = steps.make_multi_train_step(model, tx, config, mesh)(multi, stacked, rng)
-  assert int(multi.step) == 3 and metrics["loss"].shape == (3,)
-  np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(multi.params), strict=True):
-    np.testing.assert_allclose(a, b, atol=1e-6)

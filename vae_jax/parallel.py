@@ -29,11 +29,6 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def stacked_batch_sharded(mesh: Mesh) -> NamedSharding:
-  """Sharding of K stacked batches [K, batch, ...]: the batch axis split over the data axis."""
-  return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
-
-
 def example_keys(rng: jax.Array, step, indices: jnp.ndarray) -> jax.Array:
   """One key per example: fold_in(fold_in(rng, step), global example index).
 

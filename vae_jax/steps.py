@@ -6,6 +6,7 @@ applies the optimizer; `jax.shard_map` maps it over the mesh and `jax.jit` compi
 state donated.
 """
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -98,28 +99,12 @@ def make_train_step(
     per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P())
   )
 
+  @functools.partial(jax.jit, donate_argnums=(0,))
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     indices = jnp.arange(batch["image"].shape[0])
     return sharded(state, batch, example_keys(rng, state.step, indices))
 
-  return jax.jit(train_step, donate_argnums=(0,))
-
-
-def make_multi_train_step(
-  model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, mesh: Mesh
-) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-  """Like `make_train_step`, but takes K stacked batches [K, batch, ...] and runs K steps.
-
-  One dispatch and one host-to-device transfer per K steps: for small models the per-step host
-  work otherwise rivals the step itself. Metrics come back stacked [K, ...]. Each step uses the
-  same keys as K separate calls of `make_train_step`'s step would.
-  """
-  step = make_train_step(model, tx, config, mesh)
-
-  def multi_step(state: TrainState, batches: dict, rng: jax.Array):
-    return lax.scan(lambda s, b: step(s, b, rng), state, batches)
-
-  return jax.jit(multi_step, donate_argnums=(0,))
+  return train_step
 
 
 def make_eval_step(

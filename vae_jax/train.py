@@ -48,9 +48,8 @@ def _scalars(prefix: str, metrics: dict) -> dict[str, float]:
 
 
 def _mean_metrics(history: list[dict]) -> dict:
-  """Means over steps of metrics fetched from the device, each stacked [steps, ...] per call."""
   fetched = jax.device_get(history)
-  return jax.tree.map(lambda *xs: np.mean(np.concatenate(xs), axis=0), *fetched)
+  return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *fetched)
 
 
 def _check_finite(metrics: dict, step: int) -> None:
@@ -122,15 +121,12 @@ def train_and_evaluate(
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if initial_step == 0:
     writer.write_hparams(checkpointing.flatten_config(config) | {"num_devices": mesh.size})
-  multi_step = steps.make_multi_train_step(model, tx, config, mesh)
+  train_step = steps.make_train_step(model, tx, config, mesh)
   eval_step = steps.make_eval_step(model, config, mesh)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  every = {
-    "log": config.log_every_steps,
-    "eval": _every(config.eval_every_steps, spe),
-    "ckpt": _every(config.checkpoint_every_steps, spe),
-  }
-  sharding = parallel.stacked_batch_sharded(mesh)
+  eval_every = _every(config.eval_every_steps, spe)
+  ckpt_every = _every(config.checkpoint_every_steps, spe)
+  sharding = parallel.batch_sharded(mesh)
 
   def run_eval(step: int) -> dict:
     with report.timed("eval"):
@@ -145,31 +141,27 @@ def train_and_evaluate(
   history, last_good = [], None
   eval_metrics, other_time = None, 0.0
   logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
-  start, step = time.perf_counter(), initial_step
-  while step < total_steps:
-    # Run up to steps_per_call steps in one dispatch, stopping at the next log/eval/save step.
-    boundary = min([total_steps] + [(step // n + 1) * n for n in every.values()])
-    chunk = min(config.steps_per_call, boundary - step)
-    batches = [stream.batch(s) for s in range(step, step + chunk)]
-    stacked = jax.device_put(jax.tree.map(lambda *b: np.stack(b), *batches), sharding)
-    state, metrics = multi_step(state, stacked, train_rng)
+  start = time.perf_counter()
+  for step in range(initial_step, total_steps):
+    batch = jax.device_put(stream.batch(step), sharding)
+    state, metrics = train_step(state, batch, train_rng)
     history.append(metrics)
-    step += chunk
-    report(step)
-    if step % every["log"] == 0 or step == total_steps:
+    done = step + 1
+    report(done)
+    if done % config.log_every_steps == 0 or done == total_steps:
       train_metrics = _mean_metrics(history)
       history = []
-      _check_finite(train_metrics, step)
+      _check_finite(train_metrics, done)
       scalars = _scalars("train_", train_metrics)
-      writer.write_scalars(step, scalars | {"learning_rate": float(lr_schedule(step - 1))})
-      last_good = step
+      writer.write_scalars(done, scalars | {"learning_rate": float(lr_schedule(done - 1))})
+      last_good = done
     t0 = time.perf_counter()
-    if step % every["eval"] == 0 or step == total_steps:
-      eval_metrics = run_eval(step)
-    if step % every["ckpt"] == 0 or step == total_steps:
-      if last_good != step:
-        _check_finite(_mean_metrics(history[-1:]), step)
-      ckpt.save(step, state)
+    if done % eval_every == 0 or done == total_steps:
+      eval_metrics = run_eval(done)
+    if done % ckpt_every == 0 or done == total_steps:
+      if last_good != done:
+        _check_finite(_mean_metrics(history[-1:]), done)
+      ckpt.save(done, state)
     other_time += time.perf_counter() - t0
   jax.block_until_ready(state)
   train_time = time.perf_counter() - start - other_time
