@@ -102,10 +102,13 @@ def test_non_finite_loss_stops_the_run_with_a_clear_message(dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_beta4_config_trains_end_to_end_on_procedural_dsprites(tmp_path):
-  from configs import beta4
+@pytest.mark.parametrize(
+  "name,logged", [("beta4", "train_beta"), ("beta_capacity", "train_capacity")]
+)
+def test_dsprites_configs_train_end_to_end(tmp_path, name, logged):
+  import importlib
 
-  config = beta4.get_config("quick")
+  config = importlib.import_module(f"configs.{name}").get_config("quick")
   config.update_from_flattened_dict(
     {
       "num_train_steps": 4,
@@ -124,4 +127,4 @@ def test_beta4_config_trains_end_to_end_on_procedural_dsprites(tmp_path):
   assert results["step"] == 4 and np.isfinite(results["eval_loss"])
   assert {f"eval_kl_dim_{d:02d}" for d in range(10)} <= set(results)
   tags = helpers.event_tags(str(tmp_path))
-  assert {"traversals", "reconstructions", "train_beta", "eval_kl_dim_09"} <= tags
+  assert {"traversals", "reconstructions", logged, "eval_kl_dim_09"} <= tags
