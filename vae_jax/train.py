@@ -1,8 +1,8 @@
 """The training loop: state, data-parallel steps, evaluation, logging and checkpoints.
 
-`train_and_evaluate(config, workdir)` is the whole run. Its collaborators (mesh, dataset, writer)
-can be passed as keyword arguments, which is how tests run it on a chosen set of devices or on
-synthetic data.
+`train_and_evaluate(config, workdir)` is the whole run. Its collaborators (the device mesh and the
+dataset) can be passed as keyword arguments, which is how tests run it on a chosen set of devices or
+on synthetic data.
 """
 
 import json
@@ -17,7 +17,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from vae_jax import checkpointing, config_checks, objectives, optim, parallel, steps, summaries
-from vae_jax.data import ArrayDataset, load_dataset
+from vae_jax.data import Dataset, load_dataset
 from vae_jax.models import build_model
 
 
@@ -61,7 +61,7 @@ def _check_finite(metrics: dict, step: int) -> None:
 
 
 def evaluate(
-  eval_step, params, dataset: ArrayDataset, config, mesh, rng, step: int
+  eval_step, params, dataset: Dataset, config, mesh, rng, step: int
 ) -> dict[str, np.ndarray]:
   """Per-example means of every objective term over the whole test split, and the loss at `step`."""
   sharding = parallel.batch_sharded(mesh)
@@ -82,7 +82,7 @@ def train_and_evaluate(
   workdir: str,
   *,
   mesh: jax.sharding.Mesh | None = None,
-  dataset: ArrayDataset | None = None,
+  dataset: Dataset | None = None,
 ) -> dict:
   """Trains (resuming from the latest checkpoint in `workdir`), evaluates, writes results.json.
 

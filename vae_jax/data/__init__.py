@@ -14,16 +14,17 @@ from vae_jax.data.tfds_images import DataError
 __all__ = [
   "ArrayDataset",
   "DataError",
+  "Dataset",
   "EpochSampler",
   "GroundTruthData",
   "GroundTruthDataset",
   "TrainStream",
   "load_dataset",
 ]
-GROUND_TRUTH = ("dsprites_procedural", "dsprites")
+Dataset = ArrayDataset | GroundTruthDataset
 
 
-def load_dataset(config: ml_collections.ConfigDict) -> ArrayDataset | GroundTruthDataset:
+def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   """Loads the dataset named by `config.name`."""
   if config.name == "dsprites_procedural":
     from vae_jax.data.dsprites_procedural import ProceduralDSprites
