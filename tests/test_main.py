@@ -2,7 +2,7 @@ import os
 import subprocess
 import sys
 
-import jax  # noqa: I001  (after conftest has set the device count)
+import jax
 import pytest
 import tensorflow_datasets as tfds
 
