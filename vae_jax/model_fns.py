@@ -1,4 +1,7 @@
-"""Jitted helpers a trained model offers to the loop and the tools: reconstruct and sample."""
+"""What a trained model offers the loop and the tools: encode, decode, reconstruct, sample.
+
+Plain functions of (model, params, ...), run eagerly; callers may wrap them in `jax.jit`.
+"""
 
 import flax.linen as nn
 import jax

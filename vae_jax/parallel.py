@@ -29,11 +29,15 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def index_keys(rng: jax.Array, indices: jnp.ndarray) -> jax.Array:
+  """One key per example: fold_in(rng, index)."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)
+
+
 def example_keys(rng: jax.Array, step, indices: jnp.ndarray) -> jax.Array:
   """One key per example: fold_in(fold_in(rng, step), global example index).
 
   The noise an example gets therefore depends on (seed, step, index) only, never on how many
   devices share the batch.
   """
-  step_key = jax.random.fold_in(rng, step)
-  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, indices)
+  return index_keys(jax.random.fold_in(rng, step), indices)

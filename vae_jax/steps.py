@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 
 from vae_jax import objectives
 from vae_jax.data.preprocess import preprocess
-from vae_jax.parallel import DATA_AXIS, example_keys
+from vae_jax.parallel import DATA_AXIS, example_keys, index_keys
 
 
 @flax.struct.dataclass
@@ -130,7 +130,6 @@ def make_eval_step(
 
   @jax.jit
   def eval_step(params, batch: dict, rng: jax.Array):
-    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, batch["index"])
-    return sharded(params, batch, keys)
+    return sharded(params, batch, index_keys(rng, batch["index"]))
 
   return eval_step
