@@ -5,7 +5,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from vae_jax.data import DataError, GroundTruthDataset, tfds_images
-from vae_jax.data.dsprites_procedural import ProceduralDSprites
+from vae_jax.data.dsprites_procedural import ProceduralDSprites, sprite_masks
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +58,10 @@ def test_every_sprite_lies_inside_the_frame(sprites):
     areas.append((sprites.render(factors) > 0).sum(axis=(1, 2, 3)))
   for a in areas[1:]:
     np.testing.assert_array_equal(a, areas[0])
+  # ...and no sprite is cut by the edge of the 32x32 box it is drawn in.
+  masks = sprite_masks()
+  assert masks[..., 0, :].max() == masks[..., -1, :].max() == 0
+  assert masks[..., :, 0].max() == masks[..., :, -1].max() == 0
 
 
 def test_distinct_positions_and_scales_give_distinct_images(sprites):

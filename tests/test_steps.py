@@ -48,3 +48,13 @@ def test_sharded_gradient_equals_global_batch_gradient(dataset, overrides, num_d
   for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
     np.testing.assert_allclose(g, e, atol=1e-5 * float(np.abs(e).max()) + 1e-7)
   np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(expected), rtol=1e-5)
+
+
+def test_example_keys_fold_in_step_then_global_index():
+  rng = jax.random.key(3)
+  keys = parallel.example_keys(rng, 5, jnp.arange(4))
+  expected = jax.random.fold_in(jax.random.fold_in(rng, 5), 2)
+  np.testing.assert_array_equal(jax.random.key_data(keys[2]), jax.random.key_data(expected))
+  other_step = parallel.example_keys(rng, 6, jnp.arange(4))
+  data = jax.random.key_data
+  assert len({data(k).tobytes() for k in (*keys, *other_step)}) == 8
