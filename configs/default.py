@@ -36,6 +36,8 @@ def get_config() -> ml_collections.ConfigDict:
   )
 
   config.objective = ml_collections.ConfigDict()
+  config.objective.estimator = "elbo"  # elbo | iwae (k-sample bound, Burda et al. 2015)
+  config.objective.num_samples = 1  # iwae: importance samples k per example.
   config.objective.kl_penalty = "beta"  # beta: beta_t * KL | capacity: gamma * |KL - C_t|
   config.objective.beta = 1.0
   config.objective.kl_schedule = "constant"  # constant | linear | cyclical (multiplies beta)

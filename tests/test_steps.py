@@ -23,6 +23,7 @@ from vae_jax.models import build_model
     {"model.name": "cvae", "model.arch": "conv"},
     {"objective.free_bits": 0.3},
     {"objective.kl_penalty": "capacity", "objective.capacity_steps": 4},
+    {"objective.estimator": "iwae", "objective.num_samples": 3},
   ],
 )
 def test_sharded_gradient_equals_global_batch_gradient(dataset, overrides, num_devices):
@@ -35,7 +36,7 @@ def test_sharded_gradient_equals_global_batch_gradient(dataset, overrides, num_d
   keys = parallel.example_keys(rng, 0, jnp.arange(32))
 
   def global_loss(params):
-    terms = steps.forward_terms(model, params, jax.tree.map(jnp.asarray, batch), keys, config)
+    terms, _ = steps.forward_terms(model, params, jax.tree.map(jnp.asarray, batch), keys, config)
     return objectives.loss_from_terms(terms, config.objective, 0)[0]
 
   expected = jax.grad(global_loss)(state.params)
@@ -58,3 +59,33 @@ def test_example_keys_fold_in_step_then_global_index():
   other_step = parallel.example_keys(rng, 6, jnp.arange(4))
   data = jax.random.key_data
   assert len({data(k).tobytes() for k in (*keys, *other_step)}) == 8
+
+
+def test_iwae_with_one_sample_is_the_monte_carlo_elbo_of_the_same_sample(dataset):
+  config = tiny_config(**{"objective.estimator": "iwae", "objective.num_samples": 1})
+  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  state = steps.init_state(model, optax.sgd(1.0), jax.random.key(0), dataset.image_shape, 10)
+  batch = jax.tree.map(jnp.asarray, dataset.train_stream(8, 0).batch(0))
+  keys = parallel.example_keys(jax.random.key(1), 0, jnp.arange(8))
+  terms, outputs = steps.forward_terms(model, state.params, batch, keys, config)
+  mc_elbo = terms["recon"] + outputs["log_p_z"] - outputs["log_q_z"]
+  np.testing.assert_allclose(terms["iwae"], mc_elbo, rtol=1e-6)
+  weights = steps.importance_log_weights(
+    model, {"params": state.params}, batch, keys, config, jnp.arange(1)
+  )
+  np.testing.assert_allclose(weights[0], mc_elbo, rtol=1e-6)
+
+
+def test_importance_weights_do_not_depend_on_chunking_and_bound_grows_with_k(dataset):
+  config = tiny_config()
+  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  state = steps.init_state(model, optax.sgd(1.0), jax.random.key(0), dataset.image_shape, 10)
+  batch = jax.tree.map(jnp.asarray, dataset.train_stream(8, 0).batch(0))
+  keys = parallel.example_keys(jax.random.key(1), 0, jnp.arange(8))
+  model_vars = {"params": state.params}
+  whole = steps.importance_log_weights(model, model_vars, batch, keys, config, jnp.arange(64))
+  part = steps.importance_log_weights(model, model_vars, batch, keys, config, jnp.arange(32, 64))
+  np.testing.assert_allclose(part, whole[32:], rtol=1e-6)
+  bound_1 = float(whole.mean())
+  bound_64 = float(objectives.logmeanexp(whole, axis=0).mean())
+  assert bound_64 > bound_1

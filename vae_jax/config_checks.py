@@ -7,7 +7,7 @@ import ml_collections
 
 from vae_jax import kl_schedules, objectives, optim
 from vae_jax.data.preprocess import BINARIZE
-from vae_jax.models import ARCHS, MODELS
+from vae_jax.models import ARCHS, CONDITIONAL_MODELS, IMPORTANCE_WEIGHTED_MODELS, MODELS
 from vae_jax.models.bodies import INITS
 
 
@@ -30,6 +30,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(m.name, MODELS, "model.name")
   _choice(m.init_scheme, INITS, "model.init_scheme")
   _choice(obj.kl_penalty, objectives.KL_PENALTIES, "objective.kl_penalty")
+  _choice(obj.estimator, objectives.ESTIMATORS, "objective.estimator")
+  _require(obj.num_samples >= 1, f"objective.num_samples={obj.num_samples} must be >= 1.")
+  if obj.estimator == "iwae":
+    _require(
+      m.name in IMPORTANCE_WEIGHTED_MODELS,
+      f"objective.estimator='iwae' needs a model with log q(z|x) and log p(z) "
+      f"{IMPORTANCE_WEIGHTED_MODELS}; model.name={m.name!r}.",
+    )
+    _require(
+      obj.kl_penalty == "beta"
+      and obj.beta == 1
+      and obj.kl_schedule == "constant"
+      and obj.free_bits == 0,
+      "objective.estimator='iwae' optimises the importance-weighted bound, which has no KL "
+      "weight: keep objective.beta=1, kl_penalty='beta', kl_schedule='constant', free_bits=0.",
+    )
   _choice(obj.kl_schedule, kl_schedules.KL_SCHEDULES, "objective.kl_schedule")
   _choice(m.arch, ARCHS, "model.arch")
   _choice(m.likelihood, objectives.LIKELIHOODS, "model.likelihood")
@@ -66,8 +82,8 @@ def validate_for_data(
 ) -> None:
   """Checks that the model fits the dataset's image shape and labels."""
   m = config.model
-  if m.name == "cvae":
-    _require(num_classes > 0, f"model.name='cvae' needs labels; {config.data.name} has none.")
+  if m.name in CONDITIONAL_MODELS:
+    _require(num_classes > 0, f"model.name={m.name!r} needs labels; {config.data.name} has none.")
   if m.arch == "conv":
     scale = 2 ** len(m.conv_features)
     h, w = image_shape[:2]

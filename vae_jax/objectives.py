@@ -3,20 +3,22 @@
 All quantities are per example, in nats. `recon` is E_q[log p(x|z)] (a log-likelihood, so <= 0 for
 binary data), `kl` is KL(q(z|x) || N(0, I)), `elbo = recon - kl`, and the loss is
 `-recon + penalty(kl)`: `beta_t * kl` (beta-VAE, with an optional warm-up or cyclical schedule
-beta_t, and optional free bits) or `gamma * |kl - C_t|` (controlled capacity).
+beta_t, and optional free bits) or `gamma * |kl - C_t|` (controlled capacity). With
+`estimator='iwae'` the loss is minus the k-sample importance-weighted bound instead.
 """
 
 import math
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
 from vae_jax import kl_schedules
+from vae_jax.parallel import LOCAL, Collectives
 
 LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
 KL_PENALTIES = ("beta", "capacity")
+ESTIMATORS = ("elbo", "iwae")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -62,20 +64,65 @@ def kl_standard_normal(mu: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
   return 0.5 * (jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar)
 
 
-def per_example_terms(
-  x: jnp.ndarray, outputs: dict, likelihood: str, gaussian_sigma: float = 1.0
-) -> dict[str, jnp.ndarray]:
-  """Returns per-example `recon`, `kl`, `kl_per_dim` and `elbo` for a model's outputs.
+def gaussian_log_density(z: jnp.ndarray, mu: jnp.ndarray, logvar: jnp.ndarray) -> jnp.ndarray:
+  """log N(z | mu, diag(exp(logvar))) summed over the last axis."""
+  return jnp.sum(-0.5 * (jnp.square(z - mu) * jnp.exp(-logvar) + logvar + _LOG_2PI), axis=-1)
 
-  Models without a posterior variance (the deterministic autoencoder) have zero KL.
+
+def standard_normal_log_density(z: jnp.ndarray) -> jnp.ndarray:
+  """log N(z | 0, I) summed over the last axis."""
+  return jnp.sum(-0.5 * (jnp.square(z) + _LOG_2PI), axis=-1)
+
+
+def logmeanexp(v: jnp.ndarray, axis: int = 0) -> jnp.ndarray:
+  """log(mean(exp(v))) along `axis`, computed stably."""
+  return jax.nn.logsumexp(v, axis=axis) - math.log(v.shape[axis])
+
+
+def per_example_terms(
+  x: jnp.ndarray,
+  outputs: dict,
+  likelihood: str,
+  gaussian_sigma: float = 1.0,
+  with_log_weight: bool = False,
+) -> dict[str, jnp.ndarray]:
+  """Per-example objective terms of one posterior sample, from a model's outputs.
+
+  A model reports its KL in one of three ways: `kl_per_dim` (analytic, e.g. a diagonal-Gaussian
+  posterior), or `log_q_z` and `log_p_z` of its sample (a single-sample Monte Carlo KL, e.g. a
+  flow posterior), or neither (the deterministic autoencoder: zero KL). Per-example entries of the
+  model's `extra_terms` (e.g. a VQ-VAE's codebook loss `aux_loss`, a hierarchical VAE's KL per
+  layer) are passed through.
+
+  Args:
+    x: the (preprocessed) images.
+    outputs: the model's forward-pass outputs.
+    likelihood: one of `LIKELIHOODS`.
+    gaussian_sigma: observation std of the fixed-sigma Gaussian.
+    with_log_weight: also return `log_weight` = log p(x|z) + log p(z) - log q(z|x), the importance
+      weight that the IWAE objective and the importance-weighted likelihood average (needs a model
+      that outputs `log_q_z` and `log_p_z`).
+
+  Returns:
+    Dict with `recon`, `kl`, `elbo` [batch], `kl_per_dim` [batch, d] when the model gives it,
+    `log_weight` when asked, and the model's extra terms.
   """
   recon = reconstruction_log_likelihood(x, outputs, likelihood, gaussian_sigma)
-  if "logvar" in outputs:
-    kl_per_dim = kl_standard_normal(outputs["mu"], outputs["logvar"])
+  terms = {"recon": recon}
+  if "kl_per_dim" in outputs:
+    terms["kl_per_dim"] = outputs["kl_per_dim"]
+    terms["kl"] = outputs["kl_per_dim"].sum(axis=-1)
+  elif "log_q_z" in outputs:
+    terms["kl"] = outputs["log_q_z"] - outputs["log_p_z"]
   else:
-    kl_per_dim = jnp.zeros_like(outputs["z"])
-  kl = kl_per_dim.sum(axis=-1)
-  return {"recon": recon, "kl": kl, "kl_per_dim": kl_per_dim, "elbo": recon - kl}
+    terms["kl"] = jnp.zeros_like(recon)
+  terms["elbo"] = recon - terms["kl"]
+  if with_log_weight:
+    if "log_q_z" not in outputs:
+      raise ValueError("Importance weights need a model that outputs log_q_z and log_p_z.")
+    terms["log_weight"] = recon + outputs["log_p_z"] - outputs["log_q_z"]
+  terms.update(outputs.get("extra_terms", {}))
+  return terms
 
 
 def kl_penalty(
@@ -102,23 +149,43 @@ def kl_penalty(
   return beta * kl, {"beta": beta}
 
 
+def importance_weighted_terms(sample_terms: dict[str, jnp.ndarray]) -> dict[str, jnp.ndarray]:
+  """Combines the terms of k posterior samples per example (leading axis k) into per-example terms.
+
+  `iwae` is the importance-weighted bound log mean_k w_k (Burda et al. 2015); the other terms are
+  averaged over the k samples (so `elbo` is the k-sample Monte Carlo ELBO).
+  """
+  terms = {k: v.mean(axis=0) for k, v in sample_terms.items() if k != "log_weight"}
+  terms["iwae"] = logmeanexp(sample_terms["log_weight"], axis=0)
+  return terms
+
+
 def loss_from_terms(
   terms: dict[str, jnp.ndarray],
   config: ml_collections.ConfigDict,
   step,
-  global_mean: Callable[[jnp.ndarray], jnp.ndarray] = lambda v: v,
+  collectives: Collectives = LOCAL,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
-  """Batch-mean loss `-recon + kl_penalty` and the batch means of every term.
+  """Batch-mean loss and the batch means of every term.
+
+  The loss is `-recon + kl_penalty` (ELBO-style estimators) or `-iwae` (the IWAE objective), plus
+  the model's `aux_loss` term when it has one.
 
   Args:
-    terms: per-example terms from `per_example_terms`.
+    terms: per-example terms from `per_example_terms` (or `importance_weighted_terms`).
     config: `config.objective`.
     step: training step (for schedules).
-    global_mean: turns a per-device batch mean into the global batch mean (`lax.pmean` over the
-      data axis inside a data-parallel step). The KL penalty is nonlinear in the batch mean, so it
-      must see the global batch for results not to depend on the device count.
+    collectives: global-batch reductions. The KL penalty is nonlinear in the batch mean, so inside
+      a data-parallel step it must see the global batch (`collectives.mean` = `lax.pmean`) for
+      results not to depend on the device count.
   """
   metrics = jax.tree.map(lambda v: v.mean(axis=0), terms)
-  penalty, extras = kl_penalty(global_mean(metrics["kl_per_dim"]), config, step)
-  loss = -metrics["recon"] + penalty
+  if config.estimator == "iwae":
+    loss, extras = -metrics["iwae"], {}
+  else:
+    kl_parts = metrics["kl_per_dim"] if "kl_per_dim" in metrics else metrics["kl"][None]
+    penalty, extras = kl_penalty(collectives.mean(kl_parts), config, step)
+    loss = -metrics["recon"] + penalty
+  if "aux_loss" in metrics:
+    loss = loss + metrics["aux_loss"]
   return loss, {"loss": loss, **metrics, **extras}

@@ -4,11 +4,13 @@ Per-device code names the mesh axis `DATA_AXIS` and reduces with `lax.pmean`/`la
 `jax.shard_map` maps it over the mesh (the successor of `jax.pmap`, composing with `jax.jit`).
 """
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -41,3 +43,35 @@ def example_keys(rng: jax.Array, step, indices: jnp.ndarray) -> jax.Array:
   devices share the batch.
   """
   return index_keys(jax.random.fold_in(rng, step), indices)
+
+
+_BATCH_INDEX = 2**31 - 1  # An example index no batch reaches: keys for batch-level randomness.
+
+
+def batch_key(rng: jax.Array, step) -> jax.Array:
+  """One key per step for randomness over the whole batch (e.g. a permutation across examples)."""
+  return jax.random.fold_in(jax.random.fold_in(rng, step), _BATCH_INDEX)
+
+
+@dataclasses.dataclass(frozen=True)
+class Collectives:
+  """Global-batch reductions for per-device loss code.
+
+  Attributes:
+    mean: turns a per-device batch mean into the global batch mean.
+    gather: concatenates per-device arrays [b, ...] into the global batch [B, ...], in global
+      example order.
+  """
+
+  mean: Callable[[jnp.ndarray], jnp.ndarray]
+  gather: Callable[[jnp.ndarray], jnp.ndarray]
+
+
+LOCAL = Collectives(mean=lambda v: v, gather=lambda v: v)
+"""Reductions when the whole batch is on one device (outside `shard_map`)."""
+
+DATA_COLLECTIVES = Collectives(
+  mean=lambda v: lax.pmean(v, DATA_AXIS),
+  gather=lambda v: lax.all_gather(v, DATA_AXIS, tiled=True),
+)
+"""Reductions over the data axis, for code inside `shard_map`."""

@@ -22,16 +22,25 @@ from jax.sharding import PartitionSpec as P
 
 from vae_jax import objectives
 from vae_jax.data.preprocess import preprocess
-from vae_jax.parallel import DATA_AXIS, example_keys, index_keys
+from vae_jax.parallel import DATA_AXIS, DATA_COLLECTIVES, batch_key, example_keys, index_keys
 
 
 @flax.struct.dataclass
 class TrainState:
-  """Everything a training run checkpoints: step counter, parameters, optimizer state."""
+  """Everything a training run checkpoints.
+
+  Attributes:
+    step: number of optimizer steps taken.
+    params: trainable parameters.
+    opt_state: optimizer state.
+    model_state: the model's non-trainable variable collections (e.g. EMA codebooks), by name;
+      empty for most models.
+  """
 
   step: jnp.ndarray
   params: Any
   opt_state: Any
+  model_state: Any
 
 
 def init_state(
@@ -41,23 +50,104 @@ def init_state(
   x = jnp.zeros((2, *image_shape), jnp.float32)
   y = jnp.zeros((2,), jnp.int32) if num_classes else None
   keys = jax.random.split(rng, 2)
-  params = model.init(rng, x, keys, y)["params"]
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  variables = dict(model.init(rng, x, keys, y))
+  params = variables.pop("params")
+  return TrainState(
+    step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), model_state=variables
+  )
+
+
+def variables(params, model_state) -> dict:
+  """The Flax variables dict of a model: `{'params': params, **model_state}`."""
+  return {"params": params, **model_state}
+
+
+def _split_example_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Each example key -> (key for binarization, key for the posterior noise)."""
+  data_keys, eps_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+  return data_keys, eps_keys
+
+
+def sample_keys(eps_keys: jax.Array, sample_ids: jnp.ndarray) -> jax.Array:
+  """Keys [k, batch] for posterior samples `sample_ids` of each example: fold_in(key, sample)."""
+  fold = jax.vmap(jax.random.fold_in, in_axes=(0, None))
+  return jax.vmap(lambda s: fold(eps_keys, s))(sample_ids)
 
 
 def forward_terms(
-  model: nn.Module, params, batch: dict, keys: jax.Array, config: ml_collections.ConfigDict
-) -> dict[str, jnp.ndarray]:
-  """Preprocesses a batch and returns the per-example objective terms.
+  model: nn.Module,
+  params,
+  batch: dict,
+  keys: jax.Array,
+  config: ml_collections.ConfigDict,
+  model_state: dict | None = None,
+  mutable: bool = False,
+):
+  """Preprocesses a batch, runs the model and returns the per-example objective terms.
 
-  Each example key is split into one key for binarization and one for the posterior noise.
+  With `objective.estimator='iwae'` the model runs on `objective.num_samples` posterior samples per
+  example and the terms are combined by `objectives.importance_weighted_terms`.
+
+  Returns:
+    `(terms, outputs)`, or `((terms, outputs), updated model_state)` when `mutable`.
   """
-  data_keys, eps_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+  model_state = model_state or {}
+  data_keys, eps_keys = _split_example_keys(keys)
   x = preprocess(batch["image"], data_keys, config.data.binarize, config.data.binarize_threshold)
-  outputs = model.apply({"params": params}, x, eps_keys, batch.get("label"))
-  return objectives.per_example_terms(
-    x, outputs, config.model.likelihood, config.model.gaussian_sigma
+  y = batch.get("label")
+  model_vars = variables(params, model_state)
+  collections = list(model_state) if mutable else False
+  terms_of = functools.partial(
+    objectives.per_example_terms,
+    likelihood=config.model.likelihood,
+    gaussian_sigma=config.model.gaussian_sigma,
   )
+  if config.objective.estimator == "iwae":
+    ids = jnp.arange(config.objective.num_samples)
+
+    def one_sample(k):
+      return model.apply(model_vars, x, k, y, mutable=collections)
+
+    result = jax.vmap(one_sample)(sample_keys(eps_keys, ids))
+    outputs, new_state = result if mutable else (result, None)
+    sample_terms = jax.vmap(lambda o: terms_of(x, o, with_log_weight=True))(outputs)
+    terms = objectives.importance_weighted_terms(sample_terms)
+    outputs = jax.tree.map(lambda v: v[0], outputs)
+    new_state = jax.tree.map(lambda v: v.mean(axis=0), new_state)
+  else:
+    result = model.apply(model_vars, x, eps_keys, y, mutable=collections)
+    outputs, new_state = result if mutable else (result, None)
+    terms = terms_of(x, outputs)
+  if mutable:
+    return (terms, outputs), new_state
+  return terms, outputs
+
+
+def importance_log_weights(
+  model: nn.Module,
+  model_vars: dict,
+  batch: dict,
+  keys: jax.Array,
+  config: ml_collections.ConfigDict,
+  sample_ids: jnp.ndarray,
+) -> jnp.ndarray:
+  """log p(x|z_s) + log p(z_s) - log q(z_s|x) for posterior samples `sample_ids`, [k, batch].
+
+  Sample s of an example uses fold_in(eps_key, s), so the weights do not depend on how the samples
+  are chunked. Binarization uses the example's data key, the same for every sample.
+  """
+  data_keys, eps_keys = _split_example_keys(keys)
+  x = preprocess(batch["image"], data_keys, config.data.binarize, config.data.binarize_threshold)
+  y = batch.get("label")
+
+  def one_sample(k):
+    outputs = model.apply(model_vars, x, k, y)
+    terms = objectives.per_example_terms(
+      x, outputs, config.model.likelihood, config.model.gaussian_sigma, with_log_weight=True
+    )
+    return terms["log_weight"]
+
+  return jax.vmap(one_sample)(sample_keys(eps_keys, sample_ids))
 
 
 def make_train_step(
@@ -73,36 +163,54 @@ def make_train_step(
 
   Returns:
     `train_step(state, batch, rng)`. `rng` is the run's training key; example i of the batch uses
-    fold_in(fold_in(rng, state.step), i).
+    fold_in(fold_in(rng, state.step), i); a model's `batch_loss` gets `parallel.batch_key`.
   """
 
-  def per_device(state: TrainState, batch: dict, keys: jax.Array):
+  def per_device(state: TrainState, batch: dict, keys: jax.Array, batch_key: jax.Array):
     def loss_fn(params):
-      terms = forward_terms(model, params, batch, keys, config)
-      return objectives.loss_from_terms(
-        terms, config.objective, state.step, lambda v: lax.pmean(v, DATA_AXIS)
+      (terms, outputs), model_state = forward_terms(
+        model, params, batch, keys, config, state.model_state, mutable=True
       )
+      loss, metrics = objectives.loss_from_terms(
+        terms, config.objective, state.step, DATA_COLLECTIVES
+      )
+      if hasattr(model, "batch_loss"):
+        extra, extra_metrics = model.apply(
+          variables(params, state.model_state),
+          outputs,
+          DATA_COLLECTIVES,
+          batch_key,
+          method=model.batch_loss,
+        )
+        loss = loss + extra
+        metrics = {**metrics, **extra_metrics, "loss": loss}
+      return loss, (metrics, model_state)
 
     # Parameters are replicated (device-invariant); differentiating them directly would make JAX
     # psum the per-device gradients itself. Casting to device-varying gives each device the
     # gradient of its own shard's loss, which the explicit pmean then averages.
     local_params = lax.pcast(state.params, DATA_AXIS, to="varying")
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(local_params)
+    grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(local_params)
     grads = lax.pmean(grads, DATA_AXIS)
     metrics = lax.pmean(metrics, DATA_AXIS)
+    model_state = lax.pmean(model_state, DATA_AXIS)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics["grad_norm"] = optax.global_norm(grads)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    new_state = state.replace(
+      step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+    )
+    return new_state, metrics
 
   sharded = jax.shard_map(
-    per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)), out_specs=(P(), P())
+    per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P())
   )
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     indices = jnp.arange(batch["image"].shape[0])
-    return sharded(state, batch, example_keys(rng, state.step, indices))
+    keys = example_keys(rng, state.step, indices)
+    return sharded(state, batch, keys, batch_key(rng, state.step))
 
   return train_step
 
@@ -110,15 +218,17 @@ def make_train_step(
 def make_eval_step(
   model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh
 ) -> Callable[[Any, dict, jax.Array], dict]:
-  """Builds the jitted data-parallel eval step `(params, batch, rng) -> sums`.
+  """Builds the jitted data-parallel eval step `(variables, batch, rng) -> sums`.
 
   The batch carries `index` (position in the test split; example keys are fold_in(rng, index), so
   every evaluation sees the same noise) and `mask`. Returned metrics are masked sums of the
   per-example terms plus `count`; divide by the total count after the last batch.
   """
 
-  def per_device(params, batch: dict, keys: jax.Array):
-    terms = forward_terms(model, params, batch, keys, config)
+  def per_device(model_vars, batch: dict, keys: jax.Array):
+    terms, _ = forward_terms(
+      model, model_vars["params"], batch, keys, config, _model_state(model_vars)
+    )
     mask = batch["mask"]
     sums = jax.tree.map(lambda v: jnp.tensordot(mask, v, axes=1), terms)
     sums["count"] = mask.sum()
@@ -129,7 +239,11 @@ def make_eval_step(
   )
 
   @jax.jit
-  def eval_step(params, batch: dict, rng: jax.Array):
-    return sharded(params, batch, index_keys(rng, batch["index"]))
+  def eval_step(model_vars, batch: dict, rng: jax.Array):
+    return sharded(model_vars, batch, index_keys(rng, batch["index"]))
 
   return eval_step
+
+
+def _model_state(model_vars: dict) -> dict:
+  return {k: v for k, v in model_vars.items() if k != "params"}

@@ -15,17 +15,21 @@ def _test_inputs(dataset, n: int) -> tuple[jnp.ndarray, jnp.ndarray | None]:
 
 
 def traversal_grids(
-  model, params, x, y, kl_per_dim: np.ndarray, likelihood: str, num_values: int = 10
+  model, model_vars, x, y, kl_per_dim: np.ndarray | None, likelihood: str, num_values: int = 10
 ) -> np.ndarray:
   """One grid per input: row r sweeps the r-th most informative latent over [-3, 3].
 
-  The other latents stay at the input's posterior mean; rows are ordered by decreasing KL.
+  The other latents stay at the input's posterior mean; rows are ordered by decreasing KL (by
+  dimension index when the model reports no KL per dimension).
 
   Returns:
     [num_inputs, H', W', C] grid images.
   """
-  mu = model_fns.posterior_mean(model, params, x, y)
-  dims = np.argsort(-np.asarray(kl_per_dim))
+  mu = model_fns.posterior_mean(model, model_vars, x, y)
+  if kl_per_dim is None:
+    dims = np.arange(mu.shape[-1])
+  else:
+    dims = np.argsort(-np.asarray(kl_per_dim), kind="stable")
   values = jnp.linspace(-3.0, 3.0, num_values)
   grids = []
   for i in range(len(x)):
@@ -34,29 +38,27 @@ def traversal_grids(
       values[None, :]
     )
     yi = None if y is None else jnp.full((z.shape[0] * num_values,), y[i])
-    images = model_fns.decode_mean(model, params, z.reshape(-1, z.shape[-1]), likelihood, yi)
+    images = model_fns.decode_mean(model, model_vars, z.reshape(-1, z.shape[-1]), likelihood, yi)
     grids.append(image_grid(np.asarray(images), ncol=num_values))
   return np.stack(grids)
 
 
 def model_images(
-  model, params, dataset, config: ml_collections.ConfigDict, rng, kl_per_dim: np.ndarray
+  model, model_vars, dataset, config: ml_collections.ConfigDict, rng, kl_per_dim: np.ndarray | None
 ) -> dict[str, np.ndarray]:
   """Image summaries keyed by TensorBoard tag, each [N, H, W, C] in [0, 1]."""
   likelihood = config.model.likelihood
   x, y = _test_inputs(dataset, config.num_image_examples)
-  recon = model_fns.reconstruct(model, params, x, likelihood, y)
+  recon = model_fns.reconstruct(model, model_vars, x, likelihood, y)
   images = {"reconstructions": image_grid(np.concatenate([x, recon]), ncol=len(x))[None]}
-  if config.model.name == "ae":
+  if not model_fns.has_prior(model):
     return images
   m = config.num_prior_samples
   labels = jnp.arange(m) % dataset.num_classes if dataset.num_classes else None
-  samples = model_fns.prior_samples(
-    model, params, rng, m, config.model.latent_dim, likelihood, labels
-  )
+  samples = model_fns.prior_samples(model, model_vars, rng, m, likelihood, labels)
   images["prior_samples"] = image_grid(samples, ncol=int(np.ceil(np.sqrt(m))))[None]
   n = config.num_traversal_inputs
   images["traversals"] = traversal_grids(
-    model, params, x[:n], None if y is None else y[:n], kl_per_dim, likelihood
+    model, model_vars, x[:n], None if y is None else y[:n], kl_per_dim, likelihood
   )
   return images

@@ -16,7 +16,16 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from vae_jax import checkpointing, config_checks, objectives, optim, parallel, steps, summaries
+from vae_jax import (
+  checkpointing,
+  config_checks,
+  objectives,
+  optim,
+  parallel,
+  runs,
+  steps,
+  summaries,
+)
 from vae_jax.data import Dataset, load_dataset
 from vae_jax.models import build_model
 
@@ -36,12 +45,13 @@ def _every(value: int, steps_per_epoch: int) -> int:
 
 
 def _scalars(prefix: str, metrics: dict) -> dict[str, float]:
-  """Flattens metrics to scalars; `kl_per_dim` becomes one `kl_dim_XX` scalar per dimension."""
+  """Flattens metrics to scalars: a vector `name` becomes `name_XX` (`kl_per_dim`: `kl_dim_XX`)."""
   out = {}
   for k, v in metrics.items():
     v = np.asarray(v)
     if v.ndim:
-      out.update({f"{prefix}kl_dim_{i:02d}": float(x) for i, x in enumerate(v)})
+      name = "kl_dim" if k == "kl_per_dim" else k
+      out.update({f"{prefix}{name}_{i:02d}": float(x) for i, x in enumerate(v.reshape(-1))})
     else:
       out[f"{prefix}{k}"] = float(v)
   return out
@@ -61,19 +71,24 @@ def _check_finite(metrics: dict, step: int) -> None:
 
 
 def evaluate(
-  eval_step, params, dataset: Dataset, config, mesh, rng, step: int
+  eval_step, model_vars: dict, dataset: Dataset, config, mesh, rng, step: int
 ) -> dict[str, np.ndarray]:
   """Per-example means of every objective term over the whole test split, and the loss at `step`."""
   sharding = parallel.batch_sharded(mesh)
   totals = None
   for batch in dataset.eval_batches(config.data.eval_batch_size):
-    sums = eval_step(params, jax.device_put(batch, sharding), rng)
+    sums = eval_step(model_vars, jax.device_put(batch, sharding), rng)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   count = totals.pop("count")
   metrics = {k: v / count for k, v in totals.items()}
-  penalty, _ = objectives.kl_penalty(metrics["kl_per_dim"], config.objective, step)
-  metrics["loss"] = -metrics["recon"] + float(penalty)
+  if config.objective.estimator == "iwae":
+    metrics["loss"] = -metrics["iwae"]
+  else:
+    kl_parts = metrics.get("kl_per_dim", np.atleast_1d(metrics["kl"]))
+    penalty, _ = objectives.kl_penalty(kl_parts, config.objective, step)
+    metrics["loss"] = -metrics["recon"] + float(penalty)
+  metrics["loss"] += metrics.get("aux_loss", 0.0)
   return metrics
 
 
@@ -130,10 +145,12 @@ def train_and_evaluate(
 
   def run_eval(step: int) -> dict:
     with report.timed("eval"):
-      metrics = evaluate(eval_step, state.params, dataset, config, mesh, eval_rng, step)
+      model_vars = steps.variables(state.params, state.model_state)
+      metrics = evaluate(eval_step, model_vars, dataset, config, mesh, eval_rng, step)
+      runs.record_eval(workdir, step, metrics)
       writer.write_scalars(step, _scalars("eval_", metrics))
       images = summaries.model_images(
-        model, state.params, dataset, config, sample_rng, metrics["kl_per_dim"]
+        model, model_vars, dataset, config, sample_rng, metrics.get("kl_per_dim")
       )
       writer.write_images(step, images)
     return metrics

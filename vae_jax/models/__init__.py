@@ -1,9 +1,19 @@
 """Model registry: `build_model(config.model, image_shape, num_classes)`.
 
-Adding a model family means one module in this package and one entry in `MODELS`.
+Adding a model family means one module in this package and one entry in `MODEL_BUILDERS`.
+
+Every model is a Flax module with `encode(x, y)` (returning the code, or `(mu, logvar)`),
+`decode(z, y)` (decoder output: likelihood parameters) and a forward pass
+`__call__(x, keys, y) -> outputs` taking one PRNG key per example. `outputs` holds the decoder
+output `out` and the sample `z`, and reports the KL as `kl_per_dim` or as `log_q_z`/`log_p_z` (see
+`objectives.per_example_terms`); `extra_terms` adds per-example terms such as `aux_loss`. A model
+with a prior has `generate(rng, num, y, temperature)`. A model with a loss over the whole batch (a
+discriminator, a batch estimate of total correlation) has `batch_loss(outputs, collectives, rng)`
+returning `(loss, metrics)`, added to the objective by the train step. Mutable variable collections
+(e.g. EMA codebooks) are updated by the forward pass in training and averaged over devices.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import ml_collections
@@ -12,7 +22,6 @@ from vae_jax.models import bodies
 from vae_jax.models.autoencoder import Autoencoder
 from vae_jax.models.vae import VAE
 
-MODELS = ("vae", "cvae", "ae")
 ARCHS = ("mlp", "conv")
 
 
@@ -36,20 +45,37 @@ def build_bodies(
   raise ValueError(f"Unknown model.arch {config.arch!r}; choose one of {ARCHS}.")
 
 
+def _vae(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> nn.Module:
+  return VAE(
+    *build_bodies(config, image_shape),
+    config.latent_dim,
+    num_classes=num_classes if config.name == "cvae" else 0,
+    learn_sigma=config.likelihood == "gaussian_learned",
+    init_scheme=config.init_scheme,
+  )
+
+
+def _autoencoder(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> nn.Module:
+  del num_classes
+  return Autoencoder(
+    *build_bodies(config, image_shape), config.latent_dim, init_scheme=config.init_scheme
+  )
+
+
+MODEL_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Sequence[int], int], nn.Module]] = {
+  "vae": _vae,
+  "cvae": _vae,
+  "ae": _autoencoder,
+}
+MODELS = tuple(MODEL_BUILDERS)
+CONDITIONAL_MODELS = ("cvae",)  # Need labels.
+IMPORTANCE_WEIGHTED_MODELS = ("vae", "cvae")  # Output log_q_z and log_p_z (IWAE, IW-NLL).
+
+
 def build_model(
   config: ml_collections.ConfigDict, image_shape: Sequence[int], num_classes: int
 ) -> nn.Module:
   """Builds the model named by `config.name` for images of `image_shape` (H, W, C)."""
-  encoder, decoder = build_bodies(config, image_shape)
-  if config.name == "ae":
-    return Autoencoder(encoder, decoder, config.latent_dim, init_scheme=config.init_scheme)
-  if config.name in ("vae", "cvae"):
-    return VAE(
-      encoder,
-      decoder,
-      config.latent_dim,
-      num_classes=num_classes if config.name == "cvae" else 0,
-      learn_sigma=config.likelihood == "gaussian_learned",
-      init_scheme=config.init_scheme,
-    )
-  raise ValueError(f"Unknown model.name {config.name!r}; choose one of {MODELS}.")
+  if config.name not in MODEL_BUILDERS:
+    raise ValueError(f"Unknown model.name {config.name!r}; choose one of {MODELS}.")
+  return MODEL_BUILDERS[config.name](config, image_shape, num_classes)

@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vae_jax import objectives
 from vae_jax.models.bodies import Head
 
 
@@ -56,13 +57,29 @@ class VAE(nn.Module):
       y: integer labels [batch] (conditional models only).
 
     Returns:
-      Dict with decoder output `out`, posterior `mu`, `logvar`, the sample `z`, and `log_sigma`
-      when the observation noise is learned.
+      Dict with decoder output `out`, posterior `mu`, `logvar`, the sample `z`, the analytic
+      `kl_per_dim`, the sample's `log_q_z` and `log_p_z` [batch], and `log_sigma` when the
+      observation noise is learned.
     """
     mu, logvar = self.encode(x, y)
     eps = jax.vmap(lambda k: jax.random.normal(k, (self.latent_dim,), mu.dtype))(keys)
     z = mu + jnp.exp(0.5 * logvar) * eps
-    outputs = {"out": self.decode(z, y), "mu": mu, "logvar": logvar, "z": z}
+    outputs = {
+      "out": self.decode(z, y),
+      "mu": mu,
+      "logvar": logvar,
+      "z": z,
+      "kl_per_dim": objectives.kl_standard_normal(mu, logvar),
+      "log_q_z": objectives.gaussian_log_density(z, mu, logvar),
+      "log_p_z": objectives.standard_normal_log_density(z),
+    }
     if self.learn_sigma:
       outputs["log_sigma"] = self.log_sigma
     return outputs
+
+  def generate(
+    self, rng: jax.Array, num: int, y: jnp.ndarray | None = None, temperature: float = 1.0
+  ) -> jnp.ndarray:
+    """Decoder outputs of `num` draws z ~ N(0, temperature^2 I) from the prior."""
+    z = temperature * jax.random.normal(rng, (num, self.latent_dim))
+    return self.decode(z, y)
