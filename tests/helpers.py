@@ -51,3 +51,7 @@ def _value(event):
   from tensorboard.util import tensor_util
 
   return tensor_util.make_ndarray(event.tensor_proto)
+
+
+def checkpoint_steps(workdir: str) -> list[str]:
+  return [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]

@@ -1,7 +1,8 @@
 """How much the KL term weighs at a given step: warm-up, cyclical annealing, capacity.
 
-All functions take the step as an integer or a traced scalar and return a float32 scalar, so the
-same code serves the jitted train step and host-side logging.
+All functions take the step (and the config's numeric fields) as Python numbers or traced scalars
+and return a float32 scalar, so the same code serves the jitted train step, host-side logging and
+vectorized sweeps whose members differ in these fields.
 """
 
 import jax.numpy as jnp
@@ -21,7 +22,7 @@ def kl_weight(step, config: ml_collections.ConfigDict) -> jnp.ndarray:
   if config.kl_schedule == "constant":
     return jnp.ones((), jnp.float32)
   if config.kl_schedule == "linear":
-    return jnp.clip(step / max(config.kl_warmup_steps, 1), 0.0, 1.0)
+    return jnp.clip(step / jnp.maximum(config.kl_warmup_steps, 1), 0.0, 1.0)
   if config.kl_schedule == "cyclical":
     phase = jnp.mod(step, config.kl_cycle_steps) / config.kl_cycle_steps
     return jnp.clip(phase / config.kl_cycle_ratio, 0.0, 1.0)
@@ -31,4 +32,4 @@ def kl_weight(step, config: ml_collections.ConfigDict) -> jnp.ndarray:
 def capacity(step, config: ml_collections.ConfigDict) -> jnp.ndarray:
   """Target KL C in nats (Burgess et al. 2018): 0 rising linearly to `capacity_max`."""
   step = jnp.asarray(step, jnp.float32)
-  return config.capacity_max * jnp.clip(step / max(config.capacity_steps, 1), 0.0, 1.0)
+  return config.capacity_max * jnp.clip(step / jnp.maximum(config.capacity_steps, 1), 0.0, 1.0)

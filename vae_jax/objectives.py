@@ -137,8 +137,9 @@ def kl_penalty(
     (penalty, {'beta': effective beta} or {'capacity': C_t}).
   """
   kl_per_dim = jnp.asarray(kl_per_dim)
-  if config.free_bits > 0:
-    kl_per_dim = jnp.maximum(kl_per_dim, config.free_bits)
+  # jnp.where rather than `if`: free_bits may be a traced value in a vectorized sweep.
+  floored = jnp.maximum(kl_per_dim, config.free_bits)
+  kl_per_dim = jnp.where(config.free_bits > 0, floored, kl_per_dim)
   kl = kl_per_dim.sum(axis=-1)
   if config.kl_penalty == "capacity":
     c = kl_schedules.capacity(step, config)

@@ -150,6 +150,65 @@ def importance_log_weights(
   return jax.vmap(one_sample)(sample_keys(eps_keys, sample_ids))
 
 
+def update(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  state: TrainState,
+  batch: dict,
+  keys: jax.Array,
+  rng_batch: jax.Array,
+) -> tuple[TrainState, dict]:
+  """One optimizer step of per-device code inside `shard_map` over `DATA_AXIS`.
+
+  Computes gradients on this device's shard, averages them (and the metrics and mutable model
+  state) with `lax.pmean`, and applies the optimizer. Pure in all its arguments, so a sweep can
+  `vmap` it over members whose `config` holds traced hyperparameters.
+  """
+
+  def loss_fn(params):
+    (terms, outputs), model_state = forward_terms(
+      model, params, batch, keys, config, state.model_state, mutable=True
+    )
+    loss, metrics = objectives.loss_from_terms(
+      terms, config.objective, state.step, DATA_COLLECTIVES
+    )
+    if hasattr(model, "batch_loss"):
+      # batch_loss sees the forward pass's state updates and may update the state further.
+      (extra, extra_metrics), model_state = model.apply(
+        variables(params, model_state),
+        outputs,
+        DATA_COLLECTIVES,
+        rng_batch,
+        method=model.batch_loss,
+        mutable=list(model_state),
+      )
+      loss = loss + extra
+      metrics = {**metrics, **extra_metrics, "loss": loss}
+    return loss, (metrics, model_state)
+
+  # Parameters are replicated (device-invariant); differentiating them directly would make JAX
+  # psum the per-device gradients itself. Casting to device-varying gives each device the
+  # gradient of its own shard's loss, which the explicit pmean then averages.
+  local_params = lax.pcast(state.params, DATA_AXIS, to="varying")
+  grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(local_params)
+  grads = lax.pmean(grads, DATA_AXIS)
+  metrics = lax.pmean(metrics, DATA_AXIS)
+  model_state = lax.pmean(model_state, DATA_AXIS)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics["grad_norm"] = optax.global_norm(grads)
+  new_state = state.replace(
+    step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
+  )
+  return new_state, metrics
+
+
+def step_keys(rng: jax.Array, step, batch_size: int) -> tuple[jax.Array, jax.Array]:
+  """Per-example keys [batch] and the batch-level key of a training step (see `parallel`)."""
+  return example_keys(rng, step, jnp.arange(batch_size)), batch_key(rng, step)
+
+
 def make_train_step(
   model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, mesh: Mesh
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
@@ -165,52 +224,17 @@ def make_train_step(
     `train_step(state, batch, rng)`. `rng` is the run's training key; example i of the batch uses
     fold_in(fold_in(rng, state.step), i); a model's `batch_loss` gets `parallel.batch_key`.
   """
-
-  def per_device(state: TrainState, batch: dict, keys: jax.Array, batch_key: jax.Array):
-    def loss_fn(params):
-      (terms, outputs), model_state = forward_terms(
-        model, params, batch, keys, config, state.model_state, mutable=True
-      )
-      loss, metrics = objectives.loss_from_terms(
-        terms, config.objective, state.step, DATA_COLLECTIVES
-      )
-      if hasattr(model, "batch_loss"):
-        extra, extra_metrics = model.apply(
-          variables(params, state.model_state),
-          outputs,
-          DATA_COLLECTIVES,
-          batch_key,
-          method=model.batch_loss,
-        )
-        loss = loss + extra
-        metrics = {**metrics, **extra_metrics, "loss": loss}
-      return loss, (metrics, model_state)
-
-    # Parameters are replicated (device-invariant); differentiating them directly would make JAX
-    # psum the per-device gradients itself. Casting to device-varying gives each device the
-    # gradient of its own shard's loss, which the explicit pmean then averages.
-    local_params = lax.pcast(state.params, DATA_AXIS, to="varying")
-    grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(local_params)
-    grads = lax.pmean(grads, DATA_AXIS)
-    metrics = lax.pmean(metrics, DATA_AXIS)
-    model_state = lax.pmean(model_state, DATA_AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    new_state = state.replace(
-      step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
-    )
-    return new_state, metrics
-
   sharded = jax.shard_map(
-    per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()), out_specs=(P(), P())
+    functools.partial(update, model, tx, config),
+    mesh=mesh,
+    in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+    out_specs=(P(), P()),
   )
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
-    indices = jnp.arange(batch["image"].shape[0])
-    keys = example_keys(rng, state.step, indices)
-    return sharded(state, batch, keys, batch_key(rng, state.step))
+    keys, rng_batch = step_keys(rng, state.step, batch["image"].shape[0])
+    return sharded(state, batch, keys, rng_batch)
 
   return train_step
 

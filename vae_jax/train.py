@@ -34,17 +34,19 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss."""
 
 
-def _total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """The run's length: `num_train_steps` when set, else `num_epochs` epochs."""
   if config.num_train_steps > 0:
     return config.num_train_steps
   return config.num_epochs * steps_per_epoch
 
 
-def _every(value: int, steps_per_epoch: int) -> int:
+def every(value: int, steps_per_epoch: int) -> int:
+  """An interval in steps; values <= 0 mean once per epoch."""
   return steps_per_epoch if value <= 0 else value
 
 
-def _scalars(prefix: str, metrics: dict) -> dict[str, float]:
+def scalars(prefix: str, metrics: dict) -> dict[str, float]:
   """Flattens metrics to scalars: a vector `name` becomes `name_XX` (`kl_per_dim`: `kl_dim_XX`)."""
   out = {}
   for k, v in metrics.items():
@@ -57,12 +59,14 @@ def _scalars(prefix: str, metrics: dict) -> dict[str, float]:
   return out
 
 
-def _mean_metrics(history: list[dict]) -> dict:
+def mean_metrics(history: list[dict]) -> dict:
+  """Fetches a list of metric dicts from the devices and averages them."""
   fetched = jax.device_get(history)
   return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *fetched)
 
 
-def _check_finite(metrics: dict, step: int) -> None:
+def check_finite(metrics: dict, step: int) -> None:
+  """Raises `NonFiniteLossError` when the logged loss is NaN or infinite."""
   if not np.isfinite(metrics["loss"]):
     raise NonFiniteLossError(
       f"Non-finite training loss ({metrics['loss']}) at step {step}. Lower "
@@ -118,7 +122,7 @@ def train_and_evaluate(
 
   stream = dataset.train_stream(config.data.batch_size, config.seed)
   spe = stream.steps_per_epoch
-  total_steps = _total_steps(config, spe)
+  total_steps = num_train_steps(config, spe)
   model = build_model(config.model, dataset.image_shape, dataset.num_classes)
   tx, lr_schedule = optim.make_optimizer(config.optimizer, total_steps)
   init_rng, train_rng, eval_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 4)
@@ -139,8 +143,8 @@ def train_and_evaluate(
   train_step = steps.make_train_step(model, tx, config, mesh)
   eval_step = steps.make_eval_step(model, config, mesh)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  eval_every = _every(config.eval_every_steps, spe)
-  ckpt_every = _every(config.checkpoint_every_steps, spe)
+  eval_every = every(config.eval_every_steps, spe)
+  ckpt_every = every(config.checkpoint_every_steps, spe)
   sharding = parallel.batch_sharded(mesh)
 
   def run_eval(step: int) -> dict:
@@ -148,7 +152,7 @@ def train_and_evaluate(
       model_vars = steps.variables(state.params, state.model_state)
       metrics = evaluate(eval_step, model_vars, dataset, config, mesh, eval_rng, step)
       runs.record_eval(workdir, step, metrics)
-      writer.write_scalars(step, _scalars("eval_", metrics))
+      writer.write_scalars(step, scalars("eval_", metrics))
       images = summaries.model_images(
         model, model_vars, dataset, config, sample_rng, metrics.get("kl_per_dim")
       )
@@ -166,18 +170,18 @@ def train_and_evaluate(
     done = step + 1
     report(done)
     if done % config.log_every_steps == 0 or done == total_steps:
-      train_metrics = _mean_metrics(history)
+      train_metrics = mean_metrics(history)
       history = []
-      _check_finite(train_metrics, done)
-      scalars = _scalars("train_", train_metrics)
-      writer.write_scalars(done, scalars | {"learning_rate": float(lr_schedule(done - 1))})
+      check_finite(train_metrics, done)
+      train_scalars = scalars("train_", train_metrics)
+      writer.write_scalars(done, train_scalars | {"learning_rate": float(lr_schedule(done - 1))})
       last_good = done
     t0 = time.perf_counter()
     if done % eval_every == 0 or done == total_steps:
       eval_metrics = run_eval(done)
     if done % ckpt_every == 0 or done == total_steps:
       if last_good != done:
-        _check_finite(_mean_metrics(history[-1:]), done)
+        check_finite(mean_metrics(history[-1:]), done)
       ckpt.save(done, state)
     other_time += time.perf_counter() - t0
   jax.block_until_ready(state)
@@ -188,12 +192,20 @@ def train_and_evaluate(
   ckpt.close()
   writer.flush()
   trained = total_steps - initial_step
+  rate = trained * config.data.batch_size / train_time if trained else None
+  return write_results(workdir, total_steps, eval_metrics, rate, train_time, mesh.size)
+
+
+def write_results(
+  workdir: str, step: int, eval_metrics: dict, rate, train_time: float, num_devices: int
+) -> dict:
+  """Writes and returns `<workdir>/results.json`: the final eval metrics and training speed."""
   results = {
-    "step": total_steps,
-    **{k: v for k, v in _scalars("eval_", eval_metrics).items()},
-    "train_examples_per_sec": trained * config.data.batch_size / train_time if trained else None,
+    "step": step,
+    **scalars("eval_", eval_metrics),
+    "train_examples_per_sec": rate,
     "train_time_sec": train_time,
-    "num_devices": mesh.size,
+    "num_devices": num_devices,
   }
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
