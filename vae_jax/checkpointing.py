@@ -96,7 +96,15 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     try:
-      return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      try:
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except ValueError:
+        if getattr(state, "model_state", None) != {}:
+          raise
+        # Written before TrainState had `model_state`; fine for models that have none.
+        fields = {k: getattr(abstract, k) for k in ("step", "params", "opt_state")}
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(fields))
+        return state.replace(**restored)
     except Exception as e:
       raise CheckpointError(
         f"Checkpoint {self.directory}/{step} cannot be restored "

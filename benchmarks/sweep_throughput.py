@@ -1,0 +1,88 @@
+"""A vectorized sweep against the same members trained one after the other, in one run.
+
+    python -m benchmarks.sweep_throughput --steps=200
+
+Members: beta in {1, 2, 4, 8} x seeds {0, 1} (8 members) on `configs/beta4.py` (procedural
+dSprites, conv beta-VAE, batch 64) or `--config=configs/mnist_mlp.py` (needs `--manual_dir`).
+Both ways run the real trainers (`vectorized.train_members` and `train.train_and_evaluate`) with
+checkpoints, TensorBoard events and a final evaluation on a small test split. Prints examples/s per
+member (training only, as in results.json), the total wall time (compilation, evaluation and
+checkpoints included) and their ratios, plus the largest difference between the two ways' final
+eval losses.
+"""
+
+import argparse
+import importlib
+import json
+import tempfile
+import time
+
+import jax
+
+BETAS, SEEDS = (1.0, 2.0, 4.0, 8.0), (0, 1)
+
+
+def member_configs(config_module: str, steps: int, manual_dir: str | None) -> list:
+  """The 8 members' configs, shortened to `steps` with one evaluation and checkpoint at the end."""
+  module = importlib.import_module(config_module.removesuffix(".py").replace("/", "."))
+  configs = []
+  for beta in BETAS:
+    for seed in SEEDS:
+      config = module.get_config()
+      config.objective.beta, config.seed = beta, seed
+      config.num_train_steps = steps
+      config.log_every_steps = min(config.log_every_steps, steps)
+      config.eval_every_steps = config.checkpoint_every_steps = steps
+      config.data.num_eval_examples = 1000
+      config.num_traversal_inputs = 1
+      if manual_dir:
+        config.data.manual_dir = manual_dir
+      configs.append(config)
+  return configs
+
+
+def main() -> None:
+  """Runs both ways and prints one JSON line with the figures and ratios."""
+  from vae_jax import train, vectorized
+  from vae_jax.data import load_dataset
+
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--config", default="configs/beta4.py")
+  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--manual_dir", default=None)
+  args = parser.parse_args()
+  configs = member_configs(args.config, args.steps, args.manual_dir)
+  dataset = load_dataset(configs[0].data)
+  with tempfile.TemporaryDirectory() as tmp:
+    start = time.perf_counter()
+    dirs = [f"{tmp}/vectorized/{i}" for i in range(len(configs))]
+    vec = vectorized.train_members(configs, dirs, dataset=dataset)
+    vec_wall = time.perf_counter() - start
+    start = time.perf_counter()
+    seq = [
+      train.train_and_evaluate(c, f"{tmp}/sequential/{i}", dataset=dataset)
+      for i, c in enumerate(configs)
+    ]
+    seq_wall = time.perf_counter() - start
+  vec_rate = vec[0]["train_examples_per_sec"]
+  seq_rate = sum(r["train_examples_per_sec"] for r in seq) / len(seq)
+  report = {
+    "config": args.config,
+    "members": len(configs),
+    "steps": args.steps,
+    "devices": jax.device_count(),
+    "vectorized_examples_per_sec_per_member": round(vec_rate, 1),
+    "sequential_examples_per_sec_per_member": round(seq_rate, 1),
+    "per_member_speed_ratio": round(vec_rate / seq_rate, 2),
+    "vectorized_total_wall_sec": round(vec_wall, 1),
+    "sequential_total_wall_sec": round(seq_wall, 1),
+    "total_wall_ratio": round(seq_wall / vec_wall, 2),
+    "max_eval_loss_difference": max(
+      abs(a["eval_loss"] - b["eval_loss"]) for a, b in zip(vec, seq, strict=True)
+    ),
+  }
+  print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+  main()
