@@ -34,6 +34,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_scheme = (
     "flax"  # flax (LeCun normal) | pytorch (U(+-1/sqrt(fan_in)), as nn.Linear)
   )
+  # btcvae (Chen et al. 2018): loss -recon + alpha MI + beta TC + gamma dimension-wise KL.
+  config.model.btcvae_alpha = 1.0
+  config.model.btcvae_beta = 6.0
+  config.model.btcvae_gamma = 1.0
+  config.model.btcvae_dataset_size = 60_000  # N of the aggregate posterior: training examples.
+  config.model.btcvae_estimator = "mws"  # mws (the paper's) | mss (stratified)
+  config.model.factorvae_gamma = 35.0  # factorvae (Kim & Mnih 2018): weight of the TC penalty.
+  config.model.discriminator_hidden_sizes = (1000,) * 6  # factorvae: TC discriminator MLP.
 
   config.objective = ml_collections.ConfigDict()
   config.objective.estimator = "elbo"  # elbo | iwae (k-sample bound, Burda et al. 2015)
@@ -56,6 +64,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.schedule = "constant"  # constant | cosine
   config.optimizer.warmup_steps = 0
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
+  # > 0: params['discriminator'] (factorvae) get their own Adam(lr, b1, b2), constant rate.
+  config.optimizer.discriminator_learning_rate = 0.0
+  config.optimizer.discriminator_b1 = 0.5
+  config.optimizer.discriminator_b2 = 0.9
 
   config.num_epochs = 10
   config.num_train_steps = -1  # > 0 overrides num_epochs.

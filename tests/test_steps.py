@@ -24,6 +24,8 @@ from vae_jax.models import build_model
     {"objective.free_bits": 0.3},
     {"objective.kl_penalty": "capacity", "objective.capacity_steps": 4},
     {"objective.estimator": "iwae", "objective.num_samples": 3},
+    {"model.name": "btcvae", "model.btcvae_dataset_size": 1000},
+    {"model.name": "factorvae", "model.discriminator_hidden_sizes": (16, 16)},
   ],
 )
 def test_sharded_gradient_equals_global_batch_gradient(dataset, overrides, num_devices):
@@ -36,8 +38,14 @@ def test_sharded_gradient_equals_global_batch_gradient(dataset, overrides, num_d
   keys = parallel.example_keys(rng, 0, jnp.arange(32))
 
   def global_loss(params):
-    terms, _ = steps.forward_terms(model, params, jax.tree.map(jnp.asarray, batch), keys, config)
-    return objectives.loss_from_terms(terms, config.objective, 0)[0]
+    terms, outputs = steps.forward_terms(
+      model, params, jax.tree.map(jnp.asarray, batch), keys, config
+    )
+    loss = objectives.loss_from_terms(terms, config.objective, 0)[0]
+    if hasattr(model, "batch_loss"):  # Whole-batch terms: LOCAL collectives see the global batch.
+      args = (outputs, parallel.LOCAL, parallel.batch_key(rng, 0))
+      loss += model.apply({"params": params}, *args, method=model.batch_loss)[0]
+    return loss
 
   expected = jax.grad(global_loss)(state.params)
   mesh = parallel.make_mesh(jax.devices()[:num_devices])

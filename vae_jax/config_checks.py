@@ -5,7 +5,7 @@ Each failure raises `ConfigError` with one line that names the field and the fix
 
 import ml_collections
 
-from vae_jax import kl_schedules, objectives, optim
+from vae_jax import kl_schedules, objectives, optim, total_correlation
 from vae_jax.data.preprocess import BINARIZE
 from vae_jax.models import ARCHS, CONDITIONAL_MODELS, IMPORTANCE_WEIGHTED_MODELS, MODELS
 from vae_jax.models.bodies import INITS
@@ -53,6 +53,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(o.name, optim.OPTIMIZERS, "optimizer.name")
   _choice(o.schedule, optim.SCHEDULES, "optimizer.schedule")
   _require(m.latent_dim >= 1, f"model.latent_dim={m.latent_dim} must be >= 1.")
+  _check_batch_loss_models(config)
   for field in ("beta", "free_bits", "capacity_max", "capacity_gamma", "kl_warmup_steps"):
     _require(obj[field] >= 0, f"objective.{field}={obj[field]} must be >= 0.")
   _require(obj.kl_cycle_steps >= 1, f"objective.kl_cycle_steps={obj.kl_cycle_steps} must be >= 1.")
@@ -74,6 +75,45 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     _require(
       size >= 1 and size % num_devices == 0,
       f"data.{field}={size} must be a positive multiple of the {num_devices} devices.",
+    )
+
+
+def _check_batch_loss_models(config: ml_collections.ConfigDict) -> None:
+  """beta-TCVAE and FactorVAE fields, and the discriminator optimizer only where there is one."""
+  m, o = config.model, config.optimizer
+  if m.name in ("btcvae", "factorvae"):
+    _require(
+      config.objective.estimator == "elbo",
+      f"model.name={m.name!r} adds a batch loss to the ELBO; use objective.estimator='elbo'.",
+    )
+  if m.name == "btcvae":
+    _choice(m.btcvae_estimator, total_correlation.ESTIMATORS, "model.btcvae_estimator")
+    for field in ("btcvae_alpha", "btcvae_beta", "btcvae_gamma"):
+      _require(m[field] >= 0, f"model.{field}={m[field]} must be >= 0.")
+    _require(
+      m.btcvae_dataset_size >= 1,
+      f"model.btcvae_dataset_size={m.btcvae_dataset_size} must be the number of training examples.",
+    )
+    _require(
+      m.btcvae_estimator != "mss" or config.data.batch_size >= 2,
+      "model.btcvae_estimator='mss' needs data.batch_size >= 2.",
+    )
+  if m.name == "factorvae":
+    _require(m.factorvae_gamma >= 0, f"model.factorvae_gamma={m.factorvae_gamma} must be >= 0.")
+    _require(
+      all(h >= 1 for h in m.discriminator_hidden_sizes),
+      f"model.discriminator_hidden_sizes={tuple(m.discriminator_hidden_sizes)} must all be >= 1.",
+    )
+    _require(
+      o.discriminator_learning_rate > 0,
+      "model.name='factorvae' trains its discriminator with its own Adam: set "
+      "optimizer.discriminator_learning_rate > 0 (Kim & Mnih 2018: 1e-4).",
+    )
+  else:
+    _require(
+      o.discriminator_learning_rate == 0,
+      f"optimizer.discriminator_learning_rate is for model.name='factorvae'; {m.name!r} has no "
+      "discriminator: set it to 0.",
     )
 
 

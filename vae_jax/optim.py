@@ -7,6 +7,7 @@ import optax
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+DISCRIMINATOR = "discriminator"
 
 
 def learning_rate_schedule(
@@ -28,7 +29,11 @@ def learning_rate_schedule(
 def make_optimizer(
   config: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, Callable[[int], float]]:
-  """Returns (optimizer, learning-rate schedule); clipping by global norm when configured."""
+  """Returns (optimizer, learning-rate schedule); clipping by global norm when configured.
+
+  With `discriminator_learning_rate > 0` the top-level `params['discriminator']` get their own Adam
+  (constant rate, `discriminator_b1`/`_b2`, no clipping) and the rest the optimizer above.
+  """
   schedule = learning_rate_schedule(config, total_steps)
   if config.name == "adam":
     opt = optax.adam(schedule)
@@ -38,4 +43,14 @@ def make_optimizer(
     raise ValueError(f"Unknown optimizer.name {config.name!r}; choose one of {OPTIMIZERS}.")
   if config.grad_clip_norm > 0:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
+  if config.get("discriminator_learning_rate", 0.0) > 0:
+    discriminator = optax.adam(
+      config.discriminator_learning_rate, b1=config.discriminator_b1, b2=config.discriminator_b2
+    )
+    opt = optax.multi_transform({"model": opt, DISCRIMINATOR: discriminator}, param_groups)
   return opt, schedule
+
+
+def param_groups(params: dict) -> dict:
+  """Optimizer group of each top-level params subtree: its own for a discriminator (FactorVAE)."""
+  return {k: DISCRIMINATOR if k == DISCRIMINATOR else "model" for k in params}

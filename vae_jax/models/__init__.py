@@ -20,6 +20,8 @@ import ml_collections
 
 from vae_jax.models import bodies
 from vae_jax.models.autoencoder import Autoencoder
+from vae_jax.models.btcvae import BetaTCVAE
+from vae_jax.models.factorvae import FactorVAE
 from vae_jax.models.vae import VAE
 
 ARCHS = ("mlp", "conv")
@@ -62,14 +64,40 @@ def _autoencoder(config: ml_collections.ConfigDict, image_shape, num_classes: in
   )
 
 
+def _btcvae(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> nn.Module:
+  del num_classes
+  return BetaTCVAE(
+    *build_bodies(config, image_shape),
+    config.latent_dim,
+    learn_sigma=config.likelihood == "gaussian_learned",
+    init_scheme=config.init_scheme,
+    alpha=config.btcvae_alpha,
+    beta=config.btcvae_beta,
+    gamma=config.btcvae_gamma,
+    dataset_size=config.btcvae_dataset_size,
+    estimator=config.btcvae_estimator,
+  )
+
+
+def _factorvae(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> nn.Module:
+  return FactorVAE(
+    _vae(config, image_shape, num_classes),
+    gamma=config.factorvae_gamma,
+    discriminator_hidden_sizes=tuple(config.discriminator_hidden_sizes),
+  )
+
+
 MODEL_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Sequence[int], int], nn.Module]] = {
   "vae": _vae,
   "cvae": _vae,
   "ae": _autoencoder,
+  "btcvae": _btcvae,
+  "factorvae": _factorvae,
 }
 MODELS = tuple(MODEL_BUILDERS)
 CONDITIONAL_MODELS = ("cvae",)  # Need labels.
-IMPORTANCE_WEIGHTED_MODELS = ("vae", "cvae")  # Output log_q_z and log_p_z (IWAE, IW-NLL).
+# Output log_q_z and log_p_z (IWAE, IW-NLL).
+IMPORTANCE_WEIGHTED_MODELS = ("vae", "cvae", "btcvae", "factorvae")
 
 
 def build_model(
