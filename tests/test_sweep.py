@@ -145,8 +145,8 @@ def test_beta_sweep_is_15_members_on_the_beta4_setting():
 
 
 def test_plan_applies_shared_overrides_and_rejects_unknown_or_conflicting_ones(tmp_path):
-  members, lengths = sweep.plan("configs/beta_sweep.py", str(tmp_path), ["num_train_steps=7"])
-  assert lengths["beta=8,seed=1"] == 7
+  members, configs = sweep.plan("configs/beta_sweep.py", str(tmp_path), ["num_train_steps=7"])
+  assert configs["beta=8,seed=1"].num_train_steps == 7
   command = members[0].command
   assert command[1:5] == [
     "-m",
@@ -376,3 +376,18 @@ def test_submitit_local_executor_trains_a_member(tmp_path, sweep_env):
   assert _results(workdir / "beta=2,seed=0" / "results.json")["step"] == 4
   assert "-m vae_jax.main" in (workdir / "beta=2,seed=0" / "train.log").read_text()
   assert any(f.endswith("_result.pkl") for f in os.listdir(workdir / "submitit"))
+
+
+def test_vectorized_sweep_writes_every_member_and_skips_them_next_time(tmp_path, sweep_env):
+  workdir = tmp_path / "w"
+  config = _sweep_config(tmp_path, [1.0, 8.0])
+  args = ["run", f"--config={config}", f"--workdir={workdir}", "--vectorize", *TINY_FLAGS]
+  proc = _sweep(sweep_env, *args)
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+  assert "2 members trained as one program, 0 skipped." in proc.stdout
+  results = [_results(workdir / n / "results.json") for n in ("beta=1,seed=0", "beta=8,seed=0")]
+  assert [r["step"] for r in results] == [4, 4]
+  assert results[0]["eval_loss"] != results[1]["eval_loss"]
+  assert os.listdir(workdir / "beta=8,seed=0" / "checkpoints")
+  proc = _sweep(sweep_env, *args)
+  assert proc.returncode == 0 and "All 2 members are finished." in proc.stdout

@@ -1,8 +1,8 @@
 """Runs a sweep of training runs and reports on it.
 
   python -m vae_jax.sweep run --config=configs/beta_sweep.py:quick --workdir=runs/beta_sweep \
-      [--executor=local|slurm|slurm_local|slurm_debug] [--max_parallel=N] [--dry_run] \
-      [--override=key=value ...]
+      [--executor=local|slurm|slurm_local|slurm_debug] [--max_parallel=N] [--vectorize] \
+      [--dry_run] [--override=key=value ...]
   python -m vae_jax.sweep report --workdir=runs/beta_sweep
 
 The config file defines `get_config()` and `get_sweep()` (see `vae_jax/sweeps.py`). Each member
@@ -11,6 +11,10 @@ trains in `<workdir>/<member name>/` (e.g. `beta=4,seed=1/`), logging to `train.
 results.json is at the configured number of steps are skipped; the others (new, interrupted or
 lengthened) run and resume from their newest checkpoint. `run` records the plan in
 `<workdir>/sweep.json`; `report` turns the members' results into report.csv, report.md and plots.
+
+`--vectorize` trains the unfinished members in this process as one jitted program (members that
+differ only in seed, beta, KL schedule numbers, learning rate or weight decay), each still in its
+own folder with its own checkpoints, TensorBoard logs and results.json.
 
 `--executor=slurm` returns once the job array is submitted (preempted or timed-out jobs requeue
 themselves); do not `run` the sweep again while its jobs are queued, or unfinished members are
@@ -39,6 +43,12 @@ flags.DEFINE_enum(
   "local / debug executors, which run the jobs here (for testing).",
 )
 flags.DEFINE_integer("max_parallel", 1, "Most members training at once.", lower_bound=1)
+flags.DEFINE_bool(
+  "vectorize",
+  False,
+  "Train the unfinished members here as ONE jitted program (they may differ only in seed, beta, "
+  "KL schedule numbers, learning rate and weight decay; see vae_jax/vectorized.py).",
+)
 flags.DEFINE_bool("dry_run", False, "Print each member's name and command; run and write nothing.")
 flags.DEFINE_multi_string("override", [], "key=value applied to every member, e.g. seed=3.")
 flags.DEFINE_string("slurm_partition", None, "Slurm partition; default the cluster's.")
@@ -71,8 +81,8 @@ def is_finished(workdir: str, steps: int | None) -> int | None:
 
 def plan(
   config_path: str, workdir: str, extra: list[str]
-) -> tuple[list[Member], dict[str, int | None]]:
-  """The sweep's members with their commands, and the member name -> configured length map.
+) -> tuple[list[Member], dict[str, ml_collections.ConfigDict]]:
+  """The sweep's members with their commands, and each member's full config by name.
 
   Raises:
     sweeps.SweepError: the config, its sweep or an override cannot be used.
@@ -82,7 +92,7 @@ def plan(
   for key in shared:
     if any(key in m for m in members):
       raise sweeps.SweepError(f"--override={key}=... would replace a value the sweep varies.")
-  out, lengths = [], {}
+  out, configs = [], {}
   for name, overrides in zip(sweeps.member_names(members), members, strict=True):
     full = overrides | shared
     config = sweeps.load_config(config_path, full)
@@ -96,8 +106,8 @@ def plan(
       *(f"--config.{k}={sweeps.cli_value(v)}" for k, v in full.items()),
     ]
     out.append(Member(name, overrides, member_dir, command))
-    lengths[name] = total_steps(config)
-  return out, lengths
+    configs[name] = config
+  return out, configs
 
 
 def write_plan(workdir: str, config_path: str, members: list[Member], extra: list[str]) -> None:
@@ -129,12 +139,12 @@ def run() -> None:
     sys.exit("error: run needs --config=<sweep config file>")
   workdir = os.path.abspath(FLAGS.workdir)
   try:
-    members, lengths = plan(FLAGS.config, workdir, FLAGS.override)
+    members, configs = plan(FLAGS.config, workdir, FLAGS.override)
   except sweeps.SweepError as e:
     sys.exit(f"error: {e}")
   todo = []
   for m in members:
-    step = is_finished(m.workdir, lengths[m.name])
+    step = is_finished(m.workdir, total_steps(configs[m.name]))
     if FLAGS.dry_run:
       status = f"  (finished at step {step}, would be skipped)" if step is not None else ""
       print(f"{m.name}{status}\n  {shlex.join(m.command)}")
@@ -148,6 +158,10 @@ def run() -> None:
   write_plan(workdir, FLAGS.config, members, FLAGS.override)
   if not todo:
     print(f"All {len(members)} members are finished.")
+    return
+  if FLAGS.vectorize:
+    run_vectorized(todo, configs)
+    print(f"{len(todo)} members trained as one program, {len(members) - len(todo)} skipped.")
     return
   if FLAGS.executor == "local":
     failed = sweep_executors.run_local(todo, os.getcwd(), FLAGS.max_parallel)
@@ -172,6 +186,22 @@ def run() -> None:
     for m in failed:
       print(f"failed: {m.name}, log: {m.log_path}")
     sys.exit(f"error: {len(failed)} of {len(todo)} members failed (logs listed above)")
+
+
+def run_vectorized(todo: list[Member], configs: dict[str, ml_collections.ConfigDict]) -> None:
+  """Trains the unfinished members in this process as one vectorized program."""
+  import tensorflow as tf
+
+  from vae_jax import vectorized
+  from vae_jax.checkpointing import CheckpointError
+  from vae_jax.config_checks import ConfigError
+  from vae_jax.data import DataError
+
+  tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep it off the accelerators.
+  try:
+    vectorized.train_members([configs[m.name] for m in todo], [m.workdir for m in todo])
+  except (ConfigError, DataError, CheckpointError) as e:
+    sys.exit(f"error: {e}")
 
 
 def report() -> None:
