@@ -34,6 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_scheme = (
     "flax"  # flax (LeCun normal) | pytorch (U(+-1/sqrt(fan_in)), as nn.Linear)
   )
+  # hvae: latent_dim is the top layer (the code encode returns); these are the layers below it.
+  config.model.hvae_lower_dims = (64,)  # Sizes of z_0 .. z_{L-2}, bottom (nearest x) first.
+  config.model.hvae_hidden = 256  # Dense+ReLU width of each bottom-up step and prior network.
+  config.model.iaf_steps = 2  # iaf: number of IAF steps K.
+  config.model.iaf_hidden_sizes = (320, 320)  # iaf: hidden layers of each step's MADE.
+  config.model.iaf_context_dim = 32  # iaf: encoder context h fed to every MADE; 0 for none.
   # btcvae (Chen et al. 2018): loss -recon + alpha MI + beta TC + gamma dimension-wise KL.
   config.model.btcvae_alpha = 1.0
   config.model.btcvae_beta = 6.0

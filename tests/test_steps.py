@@ -24,6 +24,8 @@ from vae_jax.models import build_model
     {"objective.free_bits": 0.3},
     {"objective.kl_penalty": "capacity", "objective.capacity_steps": 4},
     {"objective.estimator": "iwae", "objective.num_samples": 3},
+    {"model.name": "hvae", "model.hvae_lower_dims": (6,), "objective.free_bits": 0.05},
+    {"model.name": "iaf", "model.iaf_hidden_sizes": (16,), "model.iaf_context_dim": 3},
     {"model.name": "btcvae", "model.btcvae_dataset_size": 1000},
     {"model.name": "factorvae", "model.discriminator_hidden_sizes": (16, 16)},
   ],

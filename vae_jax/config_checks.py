@@ -53,6 +53,19 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _choice(o.name, optim.OPTIMIZERS, "optimizer.name")
   _choice(o.schedule, optim.SCHEDULES, "optimizer.schedule")
   _require(m.latent_dim >= 1, f"model.latent_dim={m.latent_dim} must be >= 1.")
+  if m.name == "hvae":
+    _require(
+      len(m.hvae_lower_dims) >= 1 and all(d >= 1 for d in m.hvae_lower_dims),
+      f"model.hvae_lower_dims={tuple(m.hvae_lower_dims)} must name >= 1 layer sizes, each >= 1.",
+    )
+    _require(m.hvae_hidden >= 1, f"model.hvae_hidden={m.hvae_hidden} must be >= 1.")
+  if m.name == "iaf":
+    _require(m.iaf_steps >= 1, f"model.iaf_steps={m.iaf_steps} must be >= 1.")
+    _require(
+      len(m.iaf_hidden_sizes) >= 1 and all(h >= 1 for h in m.iaf_hidden_sizes),
+      f"model.iaf_hidden_sizes={tuple(m.iaf_hidden_sizes)} must name >= 1 sizes, each >= 1.",
+    )
+    _require(m.iaf_context_dim >= 0, f"model.iaf_context_dim={m.iaf_context_dim} must be >= 0.")
   _check_batch_loss_models(config)
   for field in ("beta", "free_bits", "capacity_max", "capacity_gamma", "kl_warmup_steps"):
     _require(obj[field] >= 0, f"objective.{field}={obj[field]} must be >= 0.")

@@ -22,6 +22,8 @@ from vae_jax.models import bodies
 from vae_jax.models.autoencoder import Autoencoder
 from vae_jax.models.btcvae import BetaTCVAE
 from vae_jax.models.factorvae import FactorVAE
+from vae_jax.models.hvae import HVAE
+from vae_jax.models.iaf import IAFVAE
 from vae_jax.models.vae import VAE
 
 ARCHS = ("mlp", "conv")
@@ -87,17 +89,43 @@ def _factorvae(config: ml_collections.ConfigDict, image_shape, num_classes: int)
   )
 
 
+def _hvae(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> nn.Module:
+  del num_classes
+  return HVAE(
+    *build_bodies(config, image_shape),
+    latent_dims=(*config.hvae_lower_dims, config.latent_dim),
+    hidden_size=config.hvae_hidden,
+    learn_sigma=config.likelihood == "gaussian_learned",
+    init_scheme=config.init_scheme,
+  )
+
+
+def _iaf(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> nn.Module:
+  del num_classes
+  return IAFVAE(
+    *build_bodies(config, image_shape),
+    config.latent_dim,
+    num_steps=config.iaf_steps,
+    made_hidden_sizes=tuple(config.iaf_hidden_sizes),
+    context_dim=config.iaf_context_dim,
+    learn_sigma=config.likelihood == "gaussian_learned",
+    init_scheme=config.init_scheme,
+  )
+
+
 MODEL_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Sequence[int], int], nn.Module]] = {
   "vae": _vae,
   "cvae": _vae,
   "ae": _autoencoder,
   "btcvae": _btcvae,
   "factorvae": _factorvae,
+  "hvae": _hvae,
+  "iaf": _iaf,
 }
 MODELS = tuple(MODEL_BUILDERS)
 CONDITIONAL_MODELS = ("cvae",)  # Need labels.
 # Output log_q_z and log_p_z (IWAE, IW-NLL).
-IMPORTANCE_WEIGHTED_MODELS = ("vae", "cvae", "btcvae", "factorvae")
+IMPORTANCE_WEIGHTED_MODELS = ("vae", "cvae", "hvae", "iaf", "btcvae", "factorvae")
 
 
 def build_model(
