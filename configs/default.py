@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.binarize = "none"  # none | dynamic (fresh Bernoulli draws) | threshold
   config.data.binarize_threshold = 0.5
   config.data.num_eval_examples = 10_000  # Test split size of ground-truth datasets.
+  config.data.exclude_labels = ()  # Labels removed from the TRAINING split (anomaly tools).
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "vae"  # vae | cvae | ae

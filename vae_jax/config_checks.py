@@ -137,6 +137,14 @@ def validate_for_data(
   m = config.model
   if m.name in CONDITIONAL_MODELS:
     _require(num_classes > 0, f"model.name={m.name!r} needs labels; {config.data.name} has none.")
+  exclude = tuple(config.data.get("exclude_labels", ()))
+  if exclude:
+    _require(num_classes > 0, f"data.exclude_labels needs labels; {config.data.name} has none.")
+    _require(
+      all(isinstance(v, int) and 0 <= v < num_classes for v in exclude),
+      f"data.exclude_labels={exclude} must be labels in [0, {num_classes}).",
+    )
+    _require(len(set(exclude)) < num_classes, "data.exclude_labels cannot remove every class.")
   if m.arch == "conv":
     scale = 2 ** len(m.conv_features)
     h, w = image_shape[:2]

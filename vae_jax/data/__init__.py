@@ -38,6 +38,10 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
   builder = tfds_images.prepare(config.name, config.data_dir, config.manual_dir)
   train_images, train_labels = tfds_images.load_split(builder, "train")
   test_images, test_labels = tfds_images.load_split(builder, "test")
-  return ArrayDataset(
+  dataset = ArrayDataset(
     train_images, train_labels, test_images, test_labels, tfds_images.num_classes(builder)
   )
+  exclude = tuple(config.get("exclude_labels", ()))
+  if exclude and train_labels is not None:  # config_checks.validate_for_data rejects the rest.
+    dataset = dataset.without_train_labels(exclude)
+  return dataset

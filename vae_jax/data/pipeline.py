@@ -6,7 +6,7 @@ uninterrupted run would have seen.
 """
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -50,6 +50,18 @@ class ArrayDataset:
   def image_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of one image."""
     return tuple(self.train_images.shape[1:])
+
+  def without_train_labels(self, labels: Sequence[int]) -> "ArrayDataset":
+    """A copy whose training split lacks the examples of `labels`; the test split is unchanged.
+
+    Used to train a model that never sees some classes (e.g. to score them as anomalies).
+    """
+    if self.train_labels is None:
+      raise ValueError("Excluding labels needs a labelled training split.")
+    keep = ~np.isin(self.train_labels, np.asarray(labels, np.int64))
+    return dataclasses.replace(
+      self, train_images=self.train_images[keep], train_labels=self.train_labels[keep]
+    )
 
   def train_stream(self, batch_size: int, seed: int) -> "TrainStream":
     """The deterministic training stream for a global batch size and seed."""
