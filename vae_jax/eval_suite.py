@@ -226,7 +226,7 @@ def _diagnostics(run, model_vars, images, labels, mesh, options) -> dict:
 
   @jax.jit
   def encode(model_vars, batch, rng):
-    data_keys, _ = steps._split_example_keys(parallel.index_keys(rng, batch["index"]))
+    data_keys, _ = steps.split_example_keys(parallel.index_keys(rng, batch["index"]))
     x = preprocess(batch["image"], data_keys, data.binarize, data.binarize_threshold)
     return model.apply(model_vars, x, batch.get("label"), method=model.encode)
 

@@ -29,8 +29,8 @@ from vae_jax.parallel import DATA_AXIS
 
 
 def evaluation_key(seed: int) -> jax.Array:
-  """The key of training's evaluation: the third of split(key(seed), 4) (`train_and_evaluate`)."""
-  return jax.random.split(jax.random.key(seed), 4)[2]
+  """The key of training's evaluation (`parallel.run_keys(seed)['eval']`)."""
+  return parallel.run_keys(seed)["eval"]
 
 
 def elbo_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -31,6 +31,12 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def run_keys(seed: int) -> dict[str, jax.Array]:
+  """A run's keys, all from `config.seed`: 'init', 'train', 'eval' and 'sample'."""
+  keys = jax.random.split(jax.random.key(seed), 4)
+  return dict(zip(("init", "train", "eval", "sample"), keys, strict=True))
+
+
 def index_keys(rng: jax.Array, indices: jnp.ndarray) -> jax.Array:
   """One key per example: fold_in(rng, index)."""
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, indices)

@@ -62,7 +62,7 @@ def variables(params, model_state) -> dict:
   return {"params": params, **model_state}
 
 
-def _split_example_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+def split_example_keys(keys: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Each example key -> (key for binarization, key for the posterior noise)."""
   data_keys, eps_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
   return data_keys, eps_keys
@@ -92,7 +92,7 @@ def forward_terms(
     `(terms, outputs)`, or `((terms, outputs), updated model_state)` when `mutable`.
   """
   model_state = model_state or {}
-  data_keys, eps_keys = _split_example_keys(keys)
+  data_keys, eps_keys = split_example_keys(keys)
   x = preprocess(batch["image"], data_keys, config.data.binarize, config.data.binarize_threshold)
   y = batch.get("label")
   model_vars = variables(params, model_state)
@@ -136,7 +136,7 @@ def importance_log_weights(
   Sample s of an example uses fold_in(eps_key, s), so the weights do not depend on how the samples
   are chunked. Binarization uses the example's data key, the same for every sample.
   """
-  data_keys, eps_keys = _split_example_keys(keys)
+  data_keys, eps_keys = split_example_keys(keys)
   x = preprocess(batch["image"], data_keys, config.data.binarize, config.data.binarize_threshold)
   y = batch.get("label")
 

@@ -125,7 +125,8 @@ def train_and_evaluate(
   total_steps = num_train_steps(config, spe)
   model = build_model(config.model, dataset.image_shape, dataset.num_classes)
   tx, lr_schedule = optim.make_optimizer(config.optimizer, total_steps)
-  init_rng, train_rng, eval_rng, sample_rng = jax.random.split(jax.random.key(config.seed), 4)
+  keys = parallel.run_keys(config.seed)
+  init_rng, train_rng, eval_rng, sample_rng = (keys[k] for k in ("init", "train", "eval", "sample"))
 
   state = jax.jit(
     lambda r: steps.init_state(model, tx, r, dataset.image_shape, dataset.num_classes),

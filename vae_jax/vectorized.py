@@ -115,7 +115,7 @@ def _initial_states(model, configs, workdirs, dataset, total_steps, mesh) -> lis
   states, resumed = [], set()
   for config, workdir in zip(configs, workdirs, strict=True):
     tx, _ = optim.make_optimizer(config.optimizer, total_steps)
-    init_rng = jax.random.split(jax.random.key(config.seed), 4)[0]
+    init_rng = parallel.run_keys(config.seed)["init"]
     state = jax.jit(
       lambda r, tx=tx: steps.init_state(model, tx, r, dataset.image_shape, dataset.num_classes),
       out_shardings=parallel.replicated(mesh),
@@ -169,13 +169,13 @@ def train_members(
   spe = streams[0].steps_per_epoch
   total_steps = train.num_train_steps(base, spe)
   model = build_model(base.model, dataset.image_shape, dataset.num_classes)
-  rngs = [jax.random.split(jax.random.key(c.seed), 4) for c in configs]
+  rngs = [parallel.run_keys(c.seed) for c in configs]
   member_states = _initial_states(model, configs, workdirs, dataset, total_steps, eval_mesh)
   initial_step = int(member_states[0].step)
   member_sharding = NamedSharding(mesh, P(MEMBER_AXIS))
   states = jax.device_put(_stack(member_states), member_sharding)
   del member_states
-  train_rngs = jax.device_put(jnp.stack([r[1] for r in rngs]), member_sharding)
+  train_rngs = jax.device_put(jnp.stack([r["train"] for r in rngs]), member_sharding)
   hp = jax.device_put({k: jnp.asarray(v) for k, v in hparams.items()}, member_sharding)
 
   writers = [metric_writers.create_default_writer(w) for w in workdirs]
@@ -197,11 +197,13 @@ def train_members(
     for i, (config, workdir, writer) in enumerate(zip(configs, workdirs, writers, strict=True)):
       member = _member(states, i, replicated)
       model_vars = steps.variables(member.params, member.model_state)
-      metrics = train.evaluate(eval_step, model_vars, dataset, config, eval_mesh, rngs[i][2], step)
+      metrics = train.evaluate(
+        eval_step, model_vars, dataset, config, eval_mesh, rngs[i]["eval"], step
+      )
       runs.record_eval(workdir, step, metrics)
       writer.write_scalars(step, train.scalars("eval_", metrics))
       images = summaries.model_images(
-        model, model_vars, dataset, config, rngs[i][3], metrics.get("kl_per_dim")
+        model, model_vars, dataset, config, rngs[i]["sample"], metrics.get("kl_per_dim")
       )
       writer.write_images(step, images)
       out.append(metrics)
