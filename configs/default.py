@@ -49,6 +49,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.btcvae_estimator = "mws"  # mws (the paper's) | mss (stratified)
   config.model.factorvae_gamma = 35.0  # factorvae (Kim & Mnih 2018): weight of the TC penalty.
   config.model.discriminator_hidden_sizes = (1000,) * 6  # factorvae: TC discriminator MLP.
+  # vqvae (van den Oord et al. 2017): conv arch = a code grid (H/4 x W/4 for two conv layers;
+  # dense_sizes unused), mlp arch = latent_dim code vectors.
+  config.model.vq_num_codes = 512  # Codebook size K.
+  config.model.vq_code_dim = 64  # Code vector size D.
+  config.model.vq_commitment_cost = 0.25  # beta of the commitment loss.
+  config.model.vq_codebook_update = "loss"  # loss (codebook loss) | ema (moving averages).
+  config.model.vq_ema_decay = 0.99
+  config.model.vq_ema_epsilon = 1e-5  # Laplace smoothing of the EMA cluster sizes (shares).
+  config.model.vq_dead_code_restart = False  # ema: move rarely used codes to encoder outputs.
+  config.model.vq_dead_code_threshold = 0.05  # Dead: EMA share below this times 1/K.
 
   config.objective = ml_collections.ConfigDict()
   config.objective.estimator = "elbo"  # elbo | iwae (k-sample bound, Burda et al. 2015)

@@ -9,6 +9,7 @@ from vae_jax import kl_schedules, objectives, optim, total_correlation
 from vae_jax.data.preprocess import BINARIZE
 from vae_jax.models import ARCHS, CONDITIONAL_MODELS, IMPORTANCE_WEIGHTED_MODELS, MODELS
 from vae_jax.models.bodies import INITS
+from vae_jax.models.vqvae import CODEBOOK_UPDATES
 
 
 class ConfigError(ValueError):
@@ -67,6 +68,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     )
     _require(m.iaf_context_dim >= 0, f"model.iaf_context_dim={m.iaf_context_dim} must be >= 0.")
   _check_batch_loss_models(config)
+  if m.name == "vqvae":
+    _validate_vq(m)
   for field in ("beta", "free_bits", "capacity_max", "capacity_gamma", "kl_warmup_steps"):
     _require(obj[field] >= 0, f"objective.{field}={obj[field]} must be >= 0.")
   _require(obj.kl_cycle_steps >= 1, f"objective.kl_cycle_steps={obj.kl_cycle_steps} must be >= 1.")
@@ -128,6 +131,25 @@ def _check_batch_loss_models(config: ml_collections.ConfigDict) -> None:
       f"optimizer.discriminator_learning_rate is for model.name='factorvae'; {m.name!r} has no "
       "discriminator: set it to 0.",
     )
+
+
+def _validate_vq(m: ml_collections.ConfigDict) -> None:
+  for field in ("vq_num_codes", "vq_code_dim"):
+    _require(m[field] >= 1, f"model.{field}={m[field]} must be >= 1.")
+  _choice(m.vq_codebook_update, CODEBOOK_UPDATES, "model.vq_codebook_update")
+  _require(
+    m.vq_commitment_cost >= 0, f"model.vq_commitment_cost={m.vq_commitment_cost} must be >= 0."
+  )
+  _require(0 <= m.vq_ema_decay < 1, f"model.vq_ema_decay={m.vq_ema_decay} must be in [0, 1).")
+  _require(m.vq_ema_epsilon > 0, f"model.vq_ema_epsilon={m.vq_ema_epsilon} must be > 0.")
+  _require(
+    m.vq_dead_code_threshold >= 0,
+    f"model.vq_dead_code_threshold={m.vq_dead_code_threshold} must be >= 0.",
+  )
+  _require(
+    not m.vq_dead_code_restart or m.vq_codebook_update == "ema",
+    "model.vq_dead_code_restart needs model.vq_codebook_update='ema' (restarts use EMA usage).",
+  )
 
 
 def validate_for_data(

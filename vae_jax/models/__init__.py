@@ -10,7 +10,8 @@ output `out` and the sample `z`, and reports the KL as `kl_per_dim` or as `log_q
 with a prior has `generate(rng, num, y, temperature)`. A model with a loss over the whole batch (a
 discriminator, a batch estimate of total correlation) has `batch_loss(outputs, collectives, rng)`
 returning `(loss, metrics)`, added to the objective by the train step. Mutable variable collections
-(e.g. EMA codebooks) are updated by the forward pass in training and averaged over devices.
+(e.g. EMA codebooks) are updated by the forward pass in training, then by `batch_loss` (which sees
+those updates), and averaged over devices.
 """
 
 from collections.abc import Callable, Sequence
@@ -18,7 +19,7 @@ from collections.abc import Callable, Sequence
 import flax.linen as nn
 import ml_collections
 
-from vae_jax.models import bodies
+from vae_jax.models import bodies, vqvae
 from vae_jax.models.autoencoder import Autoencoder
 from vae_jax.models.btcvae import BetaTCVAE
 from vae_jax.models.factorvae import FactorVAE
@@ -113,6 +114,11 @@ def _iaf(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> nn
   )
 
 
+def _vqvae(config: ml_collections.ConfigDict, image_shape, num_classes: int) -> nn.Module:
+  del num_classes
+  return vqvae.build(config, image_shape)
+
+
 MODEL_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Sequence[int], int], nn.Module]] = {
   "vae": _vae,
   "cvae": _vae,
@@ -121,6 +127,7 @@ MODEL_BUILDERS: dict[str, Callable[[ml_collections.ConfigDict, Sequence[int], in
   "factorvae": _factorvae,
   "hvae": _hvae,
   "iaf": _iaf,
+  "vqvae": _vqvae,
 }
 MODELS = tuple(MODEL_BUILDERS)
 CONDITIONAL_MODELS = ("cvae",)  # Need labels.

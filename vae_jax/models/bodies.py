@@ -139,3 +139,46 @@ class ConvDecoder(nn.Module):
     for f in reversed(self.features[:-1]):
       h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
     return _up(channels, self.kernel_size, h, self.init_scheme)(h)
+
+
+def _conv(features: int, kernel_size: int, x: jnp.ndarray, init: str) -> nn.Conv:
+  """Stride-1 'SAME' convolution: keeps height and width."""
+  kwargs = _init_kwargs(init, x.shape[-1] * kernel_size**2)
+  return nn.Conv(features, (kernel_size, kernel_size), padding="SAME", **kwargs)
+
+
+class SpatialConvEncoder(nn.Module):
+  """Stride-2 convolutions, then a linear 1x1 convolution: a grid of feature vectors.
+
+  For models with one latent vector per image position (e.g. VQ-VAE): no dense layers.
+  """
+
+  features: Sequence[int]
+  kernel_size: int
+  out_features: int
+  init_scheme: str = "flax"
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Returns [batch, H / 2^n, W / 2^n, out_features] for n = len(features)."""
+    h = x
+    for f in self.features:
+      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme)(h))
+    return _conv(self.out_features, 1, h, self.init_scheme)(h)
+
+
+class SpatialConvDecoder(nn.Module):
+  """Mirror of `SpatialConvEncoder`: a convolution, then stride-2 transposed convolutions."""
+
+  features: Sequence[int]
+  kernel_size: int
+  output_shape: Sequence[int]
+  init_scheme: str = "flax"
+
+  @nn.compact
+  def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
+    """Maps a latent grid [batch, H / 2^n, W / 2^n, d] to per-pixel outputs [batch, H, W, C]."""
+    h = nn.relu(_conv(self.features[-1], self.kernel_size, z, self.init_scheme)(z))
+    for f in reversed(self.features[:-1]):
+      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
+    return _up(self.output_shape[-1], self.kernel_size, h, self.init_scheme)(h)
