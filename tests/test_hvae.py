@@ -158,7 +158,9 @@ def test_mnist_hvae_config_trains_end_to_end_with_iwae(dataset, tmp_path):
   config.eval_every_steps = config.checkpoint_every_steps = 8
   config.num_image_examples = config.num_prior_samples = config.num_traversal_inputs = 2
   config.model.hidden_sizes, config.model.hvae_hidden = (64,), 32
+  # The IWAE bound has no KL weight to warm up.
   config.objective.estimator, config.objective.num_samples = "iwae", 2
+  config.objective.kl_schedule = "constant"
   results = train.train_and_evaluate(
     config, str(tmp_path), mesh=parallel.make_mesh(jax.devices()[:1]), dataset=dataset
   )
