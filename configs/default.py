@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.exclude_labels = ()  # Labels removed from the TRAINING split (anomaly tools).
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "vae"  # vae | cvae | ae
+  config.model.name = "vae"  # vae | cvae | ae | vqvae | hvae | iaf | btcvae | factorvae
   config.model.arch = "mlp"  # mlp | conv
   config.model.latent_dim = 20
   config.model.hidden_sizes = (400,)  # MLP bodies (the decoder mirrors them).

@@ -87,3 +87,13 @@ def test_cvae_depends_on_label_and_plain_vae_does_not():
   a = model.apply({"params": params}, x, keys, jnp.array([0, 0, 0]))["out"]
   b = model.apply({"params": params}, x, keys, jnp.array([5, 5, 5]))["out"]
   np.testing.assert_array_equal(a, b)
+
+
+def test_traversal_rows_follow_the_code_s_kl_and_are_capped():
+  from vae_jax.summaries import traversal_dims
+
+  np.testing.assert_array_equal(traversal_dims(np.array([0.1, 3.0, 2.0]), 3, 32), [1, 2, 0])
+  hierarchical = np.array([0.1, 3.0, 9.0, 9.0])  # top layer (the 2-d code) first
+  np.testing.assert_array_equal(traversal_dims(hierarchical, 2, 32), [1, 0])
+  np.testing.assert_array_equal(traversal_dims(np.ones(3), 100, 32), np.arange(32))
+  np.testing.assert_array_equal(traversal_dims(None, 5, 3), [0, 1, 2])

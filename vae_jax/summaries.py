@@ -14,22 +14,39 @@ def _test_inputs(dataset, n: int) -> tuple[jnp.ndarray, jnp.ndarray | None]:
   return x, y
 
 
+def traversal_dims(kl_per_dim: np.ndarray | None, code_dim: int, max_rows: int) -> np.ndarray:
+  """The code dimensions to traverse: by decreasing KL when known, at most `max_rows`.
+
+  A hierarchical model lists its top layer (the code) first in `kl_per_dim`, so only the first
+  `code_dim` entries are used; a KL that does not cover the code (e.g. one per VQ position) is
+  ignored.
+  """
+  kl = None if kl_per_dim is None else np.asarray(kl_per_dim)
+  if kl is None or kl.shape[-1] < code_dim:
+    return np.arange(min(code_dim, max_rows))
+  return np.argsort(-kl[:code_dim], kind="stable")[:max_rows]
+
+
 def traversal_grids(
-  model, model_vars, x, y, kl_per_dim: np.ndarray | None, likelihood: str, num_values: int = 10
+  model,
+  model_vars,
+  x,
+  y,
+  kl_per_dim: np.ndarray | None,
+  likelihood: str,
+  num_values: int = 10,
+  max_rows: int = 32,
 ) -> np.ndarray:
   """One grid per input: row r sweeps the r-th most informative latent over [-3, 3].
 
   The other latents stay at the input's posterior mean; rows are ordered by decreasing KL (by
-  dimension index when the model reports no KL per dimension).
+  dimension index when the model reports no KL per dimension), at most `max_rows` of them.
 
   Returns:
     [num_inputs, H', W', C] grid images.
   """
   mu = model_fns.posterior_mean(model, model_vars, x, y)
-  if kl_per_dim is None:
-    dims = np.arange(mu.shape[-1])
-  else:
-    dims = np.argsort(-np.asarray(kl_per_dim), kind="stable")
+  dims = traversal_dims(kl_per_dim, mu.shape[-1], max_rows)
   values = jnp.linspace(-3.0, 3.0, num_values)
   grids = []
   for i in range(len(x)):
