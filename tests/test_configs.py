@@ -1,0 +1,33 @@
+"""Every shipped config loads and validates: a typo in a config fails here, not on a GPU."""
+
+import glob
+import importlib
+import inspect
+import os
+
+import pytest
+
+from tests.conftest import REPO
+from vae_jax import config_checks
+
+CONFIGS = sorted(
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+  if not p.endswith("__init__.py")
+)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_is_valid(name):
+  module = importlib.import_module(f"configs.{name}")
+  variants = [""]
+  if "variant" in inspect.signature(module.get_config).parameters:
+    variants.append("quick")
+  for variant in variants:
+    config = module.get_config(variant) if variant else module.get_config()
+    config_checks.validate(config, num_devices=1)
+
+
+def test_the_model_family_has_its_configs():
+  expected = {"mnist_vqvae", "mnist_hvae", "mnist_iaf", "mnist_iwae", "dsprites_btcvae"}
+  assert expected | {"dsprites_factorvae", "beta4", "beta_sweep", "mnist_mlp"} <= set(CONFIGS)
