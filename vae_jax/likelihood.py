@@ -125,12 +125,8 @@ def elbo_means(
   test split this reproduces training's `eval_elbo`.
   """
   eval_step = steps.make_eval_step(model, elbo_config(config), mesh)
-  sharding = parallel.batch_sharded(mesh)
-  totals = None
-  for batch in eval_batches(images, labels, batch_size):
-    sums = eval_step(model_vars, jax.device_put(batch, sharding), rng)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
+  batches = eval_batches(images, labels, batch_size)
+  totals = steps.sum_eval_batches(eval_step, model_vars, batches, mesh, rng)
   count = totals.pop("count")
   return {k: np.asarray(v, np.float64) / count for k, v in totals.items()}
 

@@ -22,7 +22,14 @@ from jax.sharding import PartitionSpec as P
 
 from vae_jax import objectives
 from vae_jax.data.preprocess import preprocess
-from vae_jax.parallel import DATA_AXIS, DATA_COLLECTIVES, batch_key, example_keys, index_keys
+from vae_jax.parallel import (
+  DATA_AXIS,
+  DATA_COLLECTIVES,
+  batch_key,
+  batch_sharded,
+  example_keys,
+  index_keys,
+)
 
 
 @flax.struct.dataclass
@@ -271,3 +278,13 @@ def make_eval_step(
 
 def _model_state(model_vars: dict) -> dict:
   return {k: v for k, v in model_vars.items() if k != "params"}
+
+
+def sum_eval_batches(eval_step, model_vars: dict, batches, mesh: Mesh, rng: jax.Array) -> dict:
+  """Runs `eval_step` over `batches` and returns the summed terms (with `count`) on the host."""
+  sharding = batch_sharded(mesh)
+  totals = None
+  for batch in batches:
+    sums = eval_step(model_vars, jax.device_put(batch, sharding), rng)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  return jax.device_get(totals)

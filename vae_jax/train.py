@@ -10,7 +10,6 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -78,12 +77,8 @@ def evaluate(
   eval_step, model_vars: dict, dataset: Dataset, config, mesh, rng, step: int
 ) -> dict[str, np.ndarray]:
   """Per-example means of every objective term over the whole test split, and the loss at `step`."""
-  sharding = parallel.batch_sharded(mesh)
-  totals = None
-  for batch in dataset.eval_batches(config.data.eval_batch_size):
-    sums = eval_step(model_vars, jax.device_put(batch, sharding), rng)
-    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
+  batches = dataset.eval_batches(config.data.eval_batch_size)
+  totals = steps.sum_eval_batches(eval_step, model_vars, batches, mesh, rng)
   count = totals.pop("count")
   metrics = {k: v / count for k, v in totals.items()}
   if config.objective.estimator == "iwae":
