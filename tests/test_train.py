@@ -68,6 +68,17 @@ def test_one_and_four_devices_give_the_same_run(dataset, tmp_path, overrides, st
     assert diff.max() <= 8 * config.optimizer.learning_rate
 
 
+def test_many_multi_device_steps_run_without_deadlock(dataset, tmp_path):
+  # XLA:CPU stalls in the cross-device all-reduce once ~32 steps are queued (see
+  # parallel.DispatchWindow); a loop that never waits on the device reached that by step ~40.
+  # Steps must take longer to run than to dispatch for the queue to grow: a wider MLP.
+  config = tiny_config(num_train_steps=120, log_every_steps=120, eval_every_steps=120)
+  config.checkpoint_every_steps = 120
+  config.model.hidden_sizes = (512, 512)
+  results = train.train_and_evaluate(config, str(tmp_path), mesh=_mesh(4), dataset=dataset)
+  assert results["step"] == 120 and np.isfinite(results["eval_loss"])
+
+
 def test_resume_after_interruption_equals_an_uninterrupted_run(dataset, tmp_path):
   config = tiny_config(**{"data.binarize": "dynamic"})
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")

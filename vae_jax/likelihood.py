@@ -97,13 +97,14 @@ def log_likelihoods(
   """
   chunk_step = make_log_weight_chunk(model, config, mesh)
   sharding = parallel.batch_sharded(mesh)
-  out = []
+  out, window = [], parallel.DispatchWindow()
   for batch in eval_batches(images, labels, batch_size):
     batch = jax.device_put(batch, sharding)
     running = jax.device_put(jnp.full((batch_size,), -jnp.inf), sharding)
     for start in range(0, num_samples, chunk):
       sample_ids = jnp.arange(start, min(start + chunk, num_samples))
       running = chunk_step(model_vars, batch, rng, sample_ids, running)
+      window.add(running)
     real = np.asarray(batch["mask"]) > 0
     out.append(np.asarray(running, np.float64)[real])
   return np.concatenate(out) - math.log(num_samples)

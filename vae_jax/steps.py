@@ -25,6 +25,7 @@ from vae_jax.data.preprocess import preprocess
 from vae_jax.parallel import (
   DATA_AXIS,
   DATA_COLLECTIVES,
+  DispatchWindow,
   batch_key,
   batch_sharded,
   example_keys,
@@ -283,8 +284,9 @@ def _model_state(model_vars: dict) -> dict:
 def sum_eval_batches(eval_step, model_vars: dict, batches, mesh: Mesh, rng: jax.Array) -> dict:
   """Runs `eval_step` over `batches` and returns the summed terms (with `count`) on the host."""
   sharding = batch_sharded(mesh)
-  totals = None
+  totals, window = None, DispatchWindow()
   for batch in batches:
     sums = eval_step(model_vars, jax.device_put(batch, sharding), rng)
+    window.add(sums["count"])
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return jax.device_get(totals)

@@ -155,13 +155,14 @@ def train_and_evaluate(
       writer.write_images(step, images)
     return metrics
 
-  history, last_good = [], None
+  history, last_good, window = [], None, parallel.DispatchWindow()
   eval_metrics, other_time = None, 0.0
   logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
   start = time.perf_counter()
   for step in range(initial_step, total_steps):
     batch = jax.device_put(stream.batch(step), sharding)
     state, metrics = train_step(state, batch, train_rng)
+    window.add(metrics["loss"])
     history.append(metrics)
     done = step + 1
     report(done)

@@ -212,6 +212,7 @@ def train_members(
   eval_every = train.every(base.eval_every_steps, spe)
   ckpt_every = train.every(base.checkpoint_every_steps, spe)
   history, eval_metrics, other_time = [], None, 0.0
+  window = parallel.DispatchWindow()
   logging.info(
     "Training %d members for %d steps on mesh %s.", len(configs), total_steps, mesh.shape
   )
@@ -219,6 +220,7 @@ def train_members(
   for step in range(initial_step, total_steps):
     batch = _stack([s.batch(step) for s in streams])
     states, metrics = train_step(states, jax.device_put(batch, batch_sharding), train_rngs, hp)
+    window.add(metrics["loss"])
     history.append(metrics)
     done = step + 1
     t0 = time.perf_counter()
