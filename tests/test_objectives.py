@@ -43,6 +43,13 @@ def test_bernoulli_is_stable_for_extreme_logits():
   np.testing.assert_allclose(ll, [-400.0], rtol=1e-6)  # sigmoid+log would give -inf
 
 
+def test_bernoulli_gradient_is_x_minus_sigmoid():
+  x = jnp.array([[1.0, 0.0, 0.5, 1.0, 0.0]])
+  logits = jnp.array([[0.0, 0.0, 2.0, -300.0, 300.0]])
+  grad = jax.grad(lambda v: objectives.bernoulli_log_likelihood(x, v).sum())(logits)
+  np.testing.assert_allclose(grad, x - jax.nn.sigmoid(logits), atol=1e-7)
+
+
 def test_gaussian_fixed_sigma_is_scaled_mse():
   x = jnp.array([[0.0, 1.0, 2.0]])
   mean = jnp.array([[1.0, 1.0, 0.0]])
