@@ -12,6 +12,7 @@ dynamic binarization every test image is binarized once, with its example's data
 binary image that training's evaluation scored; all k samples and the ELBO see that image.
 """
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -23,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import parallel, steps
+from vae_jax import compile_options, parallel, steps
 from vae_jax.data.pipeline import eval_batches
 from vae_jax.parallel import DATA_AXIS
 
@@ -61,7 +62,7 @@ def make_log_weight_chunk(
     out_specs=P(DATA_AXIS),
   )
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=compile_options.step_options())
   def chunk_step(model_vars, batch, rng, sample_ids, running):
     return sharded(model_vars, batch, parallel.index_keys(rng, batch["index"]), sample_ids, running)
 

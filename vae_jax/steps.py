@@ -20,7 +20,7 @@ from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import objectives
+from vae_jax import compile_options, objectives
 from vae_jax.data.preprocess import preprocess
 from vae_jax.parallel import (
   DATA_AXIS,
@@ -239,7 +239,7 @@ def make_train_step(
     out_specs=(P(), P()),
   )
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
+  @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=compile_options.step_options())
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     keys, rng_batch = step_keys(rng, state.step, batch["image"].shape[0])
     return sharded(state, batch, keys, rng_batch)
@@ -270,7 +270,7 @@ def make_eval_step(
     per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS)), out_specs=P()
   )
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=compile_options.step_options())
   def eval_step(model_vars, batch: dict, rng: jax.Array):
     return sharded(model_vars, batch, index_keys(rng, batch["index"]))
 

@@ -23,7 +23,17 @@ from clu import metric_writers
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from vae_jax import checkpointing, config_checks, optim, parallel, runs, steps, summaries, train
+from vae_jax import (
+  checkpointing,
+  compile_options,
+  config_checks,
+  optim,
+  parallel,
+  runs,
+  steps,
+  summaries,
+  train,
+)
 from vae_jax.data import Dataset, load_dataset
 from vae_jax.models import build_model
 from vae_jax.parallel import DATA_AXIS
@@ -93,7 +103,7 @@ def make_vectorized_train_step(model, base: ml_collections.ConfigDict, total_ste
     out_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS)),
   )
 
-  @functools.partial(jax.jit, donate_argnums=(0,))
+  @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=compile_options.step_options())
   def train_step(states, batches, rngs, hparams):
     size = batches["image"].shape[1]
     keys, rng_batch = jax.vmap(lambda r, s: steps.step_keys(r, s, size))(rngs, states.step)

@@ -1,0 +1,79 @@
+"""Train-step time with XLA's default compiler options against `compile_options.step_options()`.
+
+    python -m benchmarks.step_compile_options [--config=mnist_mlp|beta4] [--rounds=10]
+
+Both steps are compiled in one process and timed in alternating rounds of random order, so drift
+in machine load hits both alike; prints the min and median ms per step and the median speed-up.
+"""
+
+import argparse
+import functools
+import random
+import time
+
+import jax
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from vae_jax import compile_options, optim, parallel, steps
+from vae_jax.models import build_model
+
+SHAPES = {"mnist_mlp": (28, 28, 1), "beta4": (64, 64, 1)}
+
+
+def build_step(model, tx, config, mesh, options):
+  """The train step of `steps.make_train_step`, compiled with `options`."""
+  sharded = jax.shard_map(
+    functools.partial(steps.update, model, tx, config),
+    mesh=mesh,
+    in_specs=(P(), P(parallel.DATA_AXIS), P(parallel.DATA_AXIS), P()),
+    out_specs=(P(), P()),
+  )
+
+  @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=options)
+  def train_step(state, batch, rng):
+    keys, rng_batch = steps.step_keys(rng, state.step, batch["image"].shape[0])
+    return sharded(state, batch, keys, rng_batch)
+
+  return train_step
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--config", default="mnist_mlp", choices=sorted(SHAPES))
+  parser.add_argument("--rounds", type=int, default=10)
+  parser.add_argument("--steps", type=int, default=0, help="steps per round (default: ~1 s)")
+  args = parser.parse_args()
+  config = __import__(f"configs.{args.config}", fromlist=["get_config"]).get_config()
+  shape = SHAPES[args.config]
+  mesh = parallel.make_mesh()
+  model = build_model(config.model, shape, 0)
+  tx, _ = optim.make_optimizer(config.optimizer, 10_000)
+  keys = parallel.run_keys(0)
+  images = np.random.default_rng(0).integers(0, 256, (config.data.batch_size, *shape), np.uint8)
+  batch = jax.device_put({"image": images}, parallel.batch_sharded(mesh))
+  init = jax.jit(lambda r: steps.init_state(model, tx, r, shape, 0))
+  variants = {}
+  for name, options in (("xla_default", None), ("step_options", compile_options.step_options())):
+    step = build_step(model, tx, config, mesh, options)
+    state, _ = step(init(keys["init"]), batch, keys["train"])
+    variants[name] = [step, jax.block_until_ready(state)]
+  n = args.steps or (200 if args.config == "mnist_mlp" else 8)
+  times = {name: [] for name in variants}
+  for _ in range(args.rounds):
+    for name in random.sample(list(variants), len(variants)):
+      step, state = variants[name]
+      start = time.perf_counter()
+      for _ in range(n):
+        state, _ = step(state, batch, keys["train"])
+      variants[name][1] = jax.block_until_ready(state)
+      times[name].append((time.perf_counter() - start) / n)
+  print(f"{args.config}, batch {config.data.batch_size}, options {compile_options.step_options()}")
+  for name, t in times.items():
+    print(f"{name:<14} min {min(t) * 1e3:8.3f} ms  median {np.median(t) * 1e3:8.3f} ms")
+  ratio = np.median(times["xla_default"]) / np.median(times["step_options"])
+  print(f"speed-up (median): {ratio:.3f}x")
+
+
+if __name__ == "__main__":
+  main()
