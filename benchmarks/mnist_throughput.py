@@ -1,11 +1,15 @@
-"""Training throughput of `configs/mnist_mlp.py` against the seeds' PyTorch reference, one run.
+"""Training throughput of `configs/mnist_mlp.py` against the seeds' PyTorch reference, one process.
 
-    python -m benchmarks.mnist_throughput --manual_dir=../shared/data/mnist --epochs=10
+    python -m benchmarks.mnist_throughput --manual_dir=../shared/data/mnist --epochs=10 --repeats=3
 
 Prints, side by side: the input pipeline alone (batches built and placed on the devices), the
-whole `vae_jax` run (compile, input pipeline and per-epoch logging included; evaluation excluded)
+whole `vae_jax` run (compile, input pipeline and per-step logging included; evaluation excluded)
 with its test -ELBO, and the PyTorch reference trained for the same epochs in the same process,
 both as written (per-image PIL pipeline) and with an in-memory tensor loader.
+
+With `--repeats=R` the three runs alternate R times (the first in each repeat rotates), each
+repeat's speed-ups are taken within that repeat, and the table shows medians: load on a shared
+machine drifts over minutes, and alternation lets the drift hit every run alike.
 """
 
 import argparse
@@ -30,18 +34,18 @@ def input_pipeline_rate(dataset, batch_size: int, seed: int, steps: int = 2000) 
   return steps * batch_size / (time.perf_counter() - start)
 
 
-def run_vae_jax(manual_dir: str, epochs: int, workdir: str) -> dict:
+def run_vae_jax(manual_dir: str, epochs: int, workdir: str, data_dir: str) -> dict:
   from configs import mnist_mlp
   from vae_jax import train
   from vae_jax.data import load_dataset
 
   config = mnist_mlp.get_config()
   config.data.manual_dir = manual_dir
-  config.data.data_dir = f"{workdir}/tfds"
+  config.data.data_dir = data_dir
   config.num_epochs = epochs
   dataset = load_dataset(config.data)
   pipeline = input_pipeline_rate(dataset, config.data.batch_size, config.seed)
-  results = train.train_and_evaluate(config, f"{workdir}/run", dataset=dataset)
+  results = train.train_and_evaluate(config, workdir, dataset=dataset)
   steps_per_epoch = len(dataset.train_images) // config.data.batch_size
   return {
     "test_neg_elbo": -results["eval_elbo"],
@@ -56,42 +60,64 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--manual_dir", default="../shared/data/mnist")
   parser.add_argument("--epochs", type=int, default=1)
+  parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--skip_torch", action="store_true")
   args = parser.parse_args()
 
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")
-  rows = {}
+  names = ["vae_jax"] + (
+    [] if args.skip_torch or not _have_torch() else ["torch_pil", "torch_tensor"]
+  )
+  runs = {name: [] for name in names}
   with tempfile.TemporaryDirectory() as workdir:
-    rows["vae_jax"] = run_vae_jax(args.manual_dir, args.epochs, workdir)
+    for repeat in range(args.repeats):
+      for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+        runs[name].append(_run(name, args, workdir, repeat))
+  _print_table(runs, args.epochs)
+  print(json.dumps(runs, default=float))
+
+
+def _have_torch() -> bool:
   try:
     import torch  # noqa: F401
-
-    have_torch = not args.skip_torch
   except ImportError:
-    have_torch = False
-  if have_torch:
-    from benchmarks import torch_reference
+    return False
+  return True
 
-    for pipeline in ("pil", "tensor"):
-      rows[f"torch_{pipeline}"] = torch_reference.run(
-        args.manual_dir, args.epochs, pipeline=pipeline
-      )
 
+def _run(name: str, args, workdir: str, repeat: int) -> dict:
+  if name == "vae_jax":
+    return run_vae_jax(args.manual_dir, args.epochs, f"{workdir}/run{repeat}", f"{workdir}/tfds")
+  from benchmarks import torch_reference
+
+  return torch_reference.run(args.manual_dir, args.epochs, pipeline=name.removeprefix("torch_"))
+
+
+def _print_table(runs: dict[str, list[dict]], epochs: int) -> None:
+  jax_runs = runs["vae_jax"]
+  repeats = len(jax_runs)
   print(
-    f"\nMNIST VAE 784-400-20, batch 128, {args.epochs} epoch(s), {jax.device_count()} device(s)"
+    f"\nMNIST VAE 784-400-20, batch 128, {epochs} epoch(s), {jax.device_count()} device(s), "
+    f"median of {repeats} alternating repeat(s)"
   )
-  print(f"input pipeline alone: {rows['vae_jax']['input_pipeline_examples_per_sec']:,.0f} ex/s")
-  print(f"{'run':<14}{'examples/s':>12}{'epoch s':>10}{'test -ELBO':>12}{'speed-up':>10}")
-  jax_rate = rows["vae_jax"]["train_examples_per_sec"]
-  for name, r in rows.items():
-    ratio = jax_rate / r["train_examples_per_sec"]
+  pipeline = np.median([r["input_pipeline_examples_per_sec"] for r in jax_runs])
+  print(f"input pipeline alone: {pipeline:,.0f} ex/s")
+  print(
+    f"{'run':<14}{'examples/s':>12}{'epoch s':>10}{'test -ELBO':>12}{'speed-up':>10}  per repeat"
+  )
+  for name, rs in runs.items():
+    ratios = [
+      j["train_examples_per_sec"] / r["train_examples_per_sec"]
+      for j, r in zip(jax_runs, rs, strict=True)
+    ]
+    median = {k: np.median([r[k] for r in rs]) for k in ("train_examples_per_sec", "epoch_sec")}
     print(
-      f"{name:<14}{r['train_examples_per_sec']:>12,.0f}{r['epoch_sec']:>10.2f}"
-      f"{r['test_neg_elbo']:>12.2f}{ratio:>9.2f}x"
+      f"{name:<14}{median['train_examples_per_sec']:>12,.0f}{median['epoch_sec']:>10.2f}"
+      f"{rs[0]['test_neg_elbo']:>12.2f}{np.median(ratios):>9.2f}x  "
+      + " ".join(f"{x:.2f}x" for x in ratios)
     )
-  print(json.dumps(rows, default=float))
 
 
 if __name__ == "__main__":
