@@ -75,9 +75,12 @@ class Checkpointer:
 
   def __init__(self, workdir: str, keep: int):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    self._manager = ocp.CheckpointManager(
-      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
+    # Synchronous saves: these states are a few MB, and after an asynchronous save training on 2
+    # CPU cores ran ~12% slower for the rest of the run (mnist_mlp, 4.0 -> 4.5 ms per step).
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=False
     )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     """The newest saved step, or None."""
@@ -113,7 +116,7 @@ class Checkpointer:
       ) from e
 
   def save(self, step: int, state: Any) -> None:
-    """Saves asynchronously; a step that is already saved is skipped."""
+    """Saves `state` as checkpoint `step`; a step that is already saved is skipped."""
     if step in self._manager.all_steps():
       return
     self._manager.save(step, args=ocp.args.StandardSave(state))
