@@ -79,8 +79,41 @@ def test_many_multi_device_steps_run_without_deadlock(dataset, tmp_path):
   assert results["step"] == 120 and np.isfinite(results["eval_loss"])
 
 
-def test_resume_after_interruption_equals_an_uninterrupted_run(dataset, tmp_path):
+def test_dispatches_end_at_logging_evaluation_and_checkpoint_steps():
+  ends, step = [], 0
+  while step < 20:
+    step = train.dispatch_end(step, 8, 20, (5, 12))
+    ends.append(step)
+  assert ends == [5, 10, 12, 15, 20]
+  assert train.dispatch_end(0, 1, 20, (5,)) == 1
+
+
+def test_several_steps_per_execution_give_the_same_run(dataset, tmp_path):
+  # 3 steps per dispatch with logging, evaluation and checkpoints every 4: dispatches of 3, 1, 3, 1.
   config = tiny_config(**{"data.binarize": "dynamic"})
+  r1 = train.train_and_evaluate(config, str(tmp_path / "k1"), mesh=_mesh(1), dataset=dataset)
+  config.steps_per_execution = 3
+  for devices in (1, 4):
+    workdir = str(tmp_path / f"k3d{devices}")
+    r3 = train.train_and_evaluate(config, workdir, mesh=_mesh(devices), dataset=dataset)
+    for key in ("eval_loss", "eval_recon", "eval_kl", "eval_elbo"):
+      np.testing.assert_allclose(r3[key], r1[key], rtol=1e-5, atol=1e-5, err_msg=key)
+    curve1 = helpers.scalar_series(str(tmp_path / "k1"), "train_loss")
+    curve3 = helpers.scalar_series(workdir, "train_loss")
+    assert [s for s, _ in curve3] == [s for s, _ in curve1] == [4, 8]
+    np.testing.assert_allclose([v for _, v in curve3], [v for _, v in curve1], rtol=1e-5)
+    helpers.assert_trees_close(
+      helpers.checkpoint_params(workdir, 8),
+      helpers.checkpoint_params(str(tmp_path / "k1"), 8),
+      atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_resume_after_interruption_equals_an_uninterrupted_run(
+  dataset, tmp_path, steps_per_execution
+):
+  config = tiny_config(**{"data.binarize": "dynamic", "steps_per_execution": steps_per_execution})
   full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
   train.train_and_evaluate(config, full, mesh=_mesh(2), dataset=dataset)
   train.train_and_evaluate(config, cut, mesh=_mesh(2), dataset=dataset)

@@ -86,6 +86,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   )
   _require(config.keep_checkpoints >= 1, "keep_checkpoints must be >= 1.")
   _require(config.log_every_steps >= 1, "log_every_steps must be >= 1.")
+  _require(config.steps_per_execution >= 1, "steps_per_execution must be >= 1.")
   for field in ("batch_size", "eval_batch_size"):
     size = d[field]
     _require(

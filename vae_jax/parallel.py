@@ -33,6 +33,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def stacked_batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Sharding of global batches stacked on a leading (step) axis: the batch axis is split."""
+  return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
+
 def run_keys(seed: int) -> dict[str, jax.Array]:
   """A run's keys, all from `config.seed`: 'init', 'train', 'eval' and 'sample'."""
   keys = jax.random.split(jax.random.key(seed), 4)

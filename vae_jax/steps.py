@@ -247,6 +247,46 @@ def make_train_step(
   return train_step
 
 
+def make_multi_step(
+  model: nn.Module,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  mesh: Mesh,
+) -> Callable[[TrainState, dict, jax.Array, int], tuple[TrainState, dict]]:
+  """Builds a jitted function that runs up to `config.steps_per_execution` steps in one dispatch.
+
+  `multi_step(state, batches, rng, n)` takes the next K = `steps_per_execution` global batches
+  stacked on a leading axis (unused trailing ones may hold anything) and runs the first `n` of them
+  through the per-device `update` in an XLA while loop, so one program serves every `n <= K`.
+  Each step's keys come from its own `state.step`, exactly as in `make_train_step`. Returns the
+  new state and the metrics summed over the `n` steps.
+  """
+  sharded = jax.shard_map(
+    functools.partial(update, model, tx, config),
+    mesh=mesh,
+    in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+    out_specs=(P(), P()),
+  )
+
+  def one_step(state, batch, rng):
+    keys, rng_batch = step_keys(rng, state.step, batch["image"].shape[0])
+    return sharded(state, batch, keys, rng_batch)
+
+  @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=compile_options.step_options())
+  def multi_step(state: TrainState, batches: dict, rng: jax.Array, n):
+    def body(i, carry):
+      state, sums = carry
+      state, metrics = one_step(state, jax.tree.map(lambda b: b[i], batches), rng)
+      return state, jax.tree.map(jnp.add, sums, metrics)
+
+    first = jax.tree.map(lambda b: b[0], batches)
+    shapes = jax.eval_shape(one_step, state, first, rng)[1]
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+    return lax.fori_loop(0, n, body, (state, zeros))
+
+  return multi_step
+
+
 def make_eval_step(
   model: nn.Module, config: ml_collections.ConfigDict, mesh: Mesh
 ) -> Callable[[Any, dict, jax.Array], dict]:

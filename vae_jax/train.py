@@ -58,10 +58,30 @@ def scalars(prefix: str, metrics: dict) -> dict[str, float]:
   return out
 
 
-def mean_metrics(history: list[dict]) -> dict:
-  """Fetches a list of metric dicts from the devices and averages them."""
-  fetched = jax.device_get(history)
-  return jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *fetched)
+def mean_metrics(history: list[tuple[dict, int]]) -> dict:
+  """Fetches (metrics summed over n steps, n) pairs from the devices; the mean over all steps."""
+  fetched = jax.device_get([sums for sums, _ in history])
+  total = sum(n for _, n in history)
+  return jax.tree.map(lambda *xs: np.sum(np.stack(xs), axis=0) / total, *fetched)
+
+
+def dispatch_end(step: int, max_steps: int, total_steps: int, intervals: tuple[int, ...]) -> int:
+  """The step where a dispatch starting at `step` ends.
+
+  At most `max_steps` later and at `total_steps` at the latest, never past the next multiple of
+  an interval (logging, evaluation, checkpoints), so those happen between dispatches.
+  """
+  end = min(step + max_steps, total_steps)
+  for interval in intervals:
+    end = min(end, (step // interval + 1) * interval)
+  return end
+
+
+def stacked_batches(stream, start: int, end: int, size: int) -> dict[str, np.ndarray]:
+  """The global batches of steps [start, end) stacked on a leading axis, padded to `size` rows."""
+  batches = [stream.batch(s) for s in range(start, end)]
+  batches += batches[-1:] * (size - len(batches))
+  return jax.tree.map(lambda *b: np.stack(b), *batches)
 
 
 def check_finite(metrics: dict, step: int) -> None:
@@ -136,12 +156,17 @@ def train_and_evaluate(
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if initial_step == 0:
     writer.write_hparams(checkpointing.flatten_config(config) | {"num_devices": mesh.size})
-  train_step = steps.make_train_step(model, tx, config, mesh)
+  per_dispatch = config.steps_per_execution
+  if per_dispatch == 1:
+    train_step = steps.make_train_step(model, tx, config, mesh)
+  else:
+    train_step = steps.make_multi_step(model, tx, config, mesh)
   eval_step = steps.make_eval_step(model, config, mesh)
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   eval_every = every(config.eval_every_steps, spe)
   ckpt_every = every(config.checkpoint_every_steps, spe)
   sharding = parallel.batch_sharded(mesh)
+  stacked_sharding = parallel.stacked_batch_sharded(mesh)
 
   def run_eval(step: int) -> dict:
     with report.timed("eval"):
@@ -159,12 +184,18 @@ def train_and_evaluate(
   eval_metrics, other_time = None, 0.0
   logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
   start = time.perf_counter()
-  for step in range(initial_step, total_steps):
-    batch = jax.device_put(stream.batch(step), sharding)
-    state, metrics = train_step(state, batch, train_rng)
+  intervals = (config.log_every_steps, eval_every, ckpt_every)
+  done = initial_step
+  while done < total_steps:
+    step, done = done, dispatch_end(done, per_dispatch, total_steps, intervals)
+    if per_dispatch == 1:
+      batch = jax.device_put(stream.batch(step), sharding)
+      state, metrics = train_step(state, batch, train_rng)
+    else:
+      batches = jax.device_put(stacked_batches(stream, step, done, per_dispatch), stacked_sharding)
+      state, metrics = train_step(state, batches, train_rng, done - step)
     window.add(metrics["loss"])
-    history.append(metrics)
-    done = step + 1
+    history.append((metrics, done - step))
     report(done)
     if done % config.log_every_steps == 0 or done == total_steps:
       train_metrics = mean_metrics(history)

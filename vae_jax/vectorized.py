@@ -231,7 +231,7 @@ def train_members(
     batch = _stack([s.batch(step) for s in streams])
     states, metrics = train_step(states, jax.device_put(batch, batch_sharding), train_rngs, hp)
     window.add(metrics["loss"])
-    history.append(metrics)
+    history.append((metrics, 1))
     done = step + 1
     t0 = time.perf_counter()
     if done % base.log_every_steps == 0 or done == total_steps:
