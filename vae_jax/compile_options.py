@@ -2,7 +2,7 @@
 
 On CPU, jaxlib 0.10 hands every single matrix multiply to YNNPACK. For the dense and conv layers of
 these models XLA's own (Eigen) kernels are faster: with YNNPACK kept for reductions only, the
-`mnist_mlp` train step is ~6% faster and the `beta4` conv step ~10% (same-process A/B,
+`mnist_mlp` train step is ~9% faster and the `beta4` conv step ~10% (same-process A/B,
 `python -m benchmarks.step_compile_options`). Other backends, and jaxlib versions that lack the
 option, compile with XLA's defaults.
 """
