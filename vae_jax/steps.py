@@ -232,6 +232,15 @@ def make_train_step(
     `train_step(state, batch, rng)`. `rng` is the run's training key; example i of the batch uses
     fold_in(fold_in(rng, state.step), i); a model's `batch_loss` gets `parallel.batch_key`.
   """
+  return jax.jit(
+    _global_step(model, tx, config, mesh),
+    donate_argnums=(0,),
+    compiler_options=compile_options.step_options(),
+  )
+
+
+def _global_step(model, tx, config, mesh) -> Callable:
+  """`(state, global batch, rng) -> (state, metrics)`: keys for the step, `update` on the mesh."""
   sharded = jax.shard_map(
     functools.partial(update, model, tx, config),
     mesh=mesh,
@@ -239,12 +248,11 @@ def make_train_step(
     out_specs=(P(), P()),
   )
 
-  @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=compile_options.step_options())
-  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+  def one_step(state: TrainState, batch: dict, rng: jax.Array):
     keys, rng_batch = step_keys(rng, state.step, batch["image"].shape[0])
     return sharded(state, batch, keys, rng_batch)
 
-  return train_step
+  return one_step
 
 
 def make_multi_step(
@@ -261,16 +269,7 @@ def make_multi_step(
   Each step's keys come from its own `state.step`, exactly as in `make_train_step`. Returns the
   new state and the metrics summed over the `n` steps.
   """
-  sharded = jax.shard_map(
-    functools.partial(update, model, tx, config),
-    mesh=mesh,
-    in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
-    out_specs=(P(), P()),
-  )
-
-  def one_step(state, batch, rng):
-    keys, rng_batch = step_keys(rng, state.step, batch["image"].shape[0])
-    return sharded(state, batch, keys, rng_batch)
+  one_step = _global_step(model, tx, config, mesh)
 
   @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=compile_options.step_options())
   def multi_step(state: TrainState, batches: dict, rng: jax.Array, n):
