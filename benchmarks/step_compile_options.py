@@ -7,35 +7,16 @@ in machine load hits both alike; prints the min and median ms per step and the m
 """
 
 import argparse
-import functools
 import random
 import time
 
 import jax
 import numpy as np
-from jax.sharding import PartitionSpec as P
 
 from vae_jax import compile_options, optim, parallel, steps
 from vae_jax.models import build_model
 
 SHAPES = {"mnist_mlp": (28, 28, 1), "beta4": (64, 64, 1)}
-
-
-def build_step(model, tx, config, mesh, options):
-  """The train step of `steps.make_train_step`, compiled with `options`."""
-  sharded = jax.shard_map(
-    functools.partial(steps.update, model, tx, config),
-    mesh=mesh,
-    in_specs=(P(), P(parallel.DATA_AXIS), P(parallel.DATA_AXIS), P()),
-    out_specs=(P(), P()),
-  )
-
-  @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=options)
-  def train_step(state, batch, rng):
-    keys, rng_batch = steps.step_keys(rng, state.step, batch["image"].shape[0])
-    return sharded(state, batch, keys, rng_batch)
-
-  return train_step
 
 
 def main() -> None:
@@ -55,7 +36,9 @@ def main() -> None:
   init = jax.jit(lambda r: steps.init_state(model, tx, r, shape, 0))
   variants = {}
   for name, options in (("xla_default", None), ("step_options", compile_options.step_options())):
-    step = build_step(model, tx, config, mesh, options)
+    step = jax.jit(
+      steps.global_step(model, tx, config, mesh), donate_argnums=(0,), compiler_options=options
+    )
     state, _ = step(init(keys["init"]), batch, keys["train"])
     variants[name] = [step, jax.block_until_ready(state)]
   n = args.steps or (200 if args.config == "mnist_mlp" else 8)

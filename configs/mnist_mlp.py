@@ -12,5 +12,5 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
   config.model.init_scheme = "pytorch"
-  config.steps_per_execution = 16  # Small steps: one dispatch per 16 saves ~10% on 2 CPU cores.
+  config.steps_per_execution = 16  # Small steps: 4.7 -> 4.0 ms per step on 2 CPU cores.
   return config

@@ -233,14 +233,16 @@ def make_train_step(
     fold_in(fold_in(rng, state.step), i); a model's `batch_loss` gets `parallel.batch_key`.
   """
   return jax.jit(
-    _global_step(model, tx, config, mesh),
+    global_step(model, tx, config, mesh),
     donate_argnums=(0,),
     compiler_options=compile_options.step_options(),
   )
 
 
-def _global_step(model, tx, config, mesh) -> Callable:
-  """`(state, global batch, rng) -> (state, metrics)`: keys for the step, `update` on the mesh."""
+def global_step(
+  model: nn.Module, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, mesh: Mesh
+) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
+  """The unjitted train step: keys for the step, then `update` over the mesh with `shard_map`."""
   sharded = jax.shard_map(
     functools.partial(update, model, tx, config),
     mesh=mesh,
@@ -269,7 +271,7 @@ def make_multi_step(
   Each step's keys come from its own `state.step`, exactly as in `make_train_step`. Returns the
   new state and the metrics summed over the `n` steps.
   """
-  one_step = _global_step(model, tx, config, mesh)
+  one_step = global_step(model, tx, config, mesh)
 
   @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=compile_options.step_options())
   def multi_step(state: TrainState, batches: dict, rng: jax.Array, n):
