@@ -118,6 +118,7 @@ def test_resume_after_interruption_equals_an_uninterrupted_run(
   train.train_and_evaluate(config, full, mesh=_mesh(2), dataset=dataset)
   train.train_and_evaluate(config, cut, mesh=_mesh(2), dataset=dataset)
   # Simulate a run killed after its step-4 checkpoint: drop what came later.
+  assert sorted(os.listdir(os.path.join(cut, "checkpoints"))) == ["4", "8"]
   shutil.rmtree(os.path.join(cut, "checkpoints", "8"))
   os.remove(os.path.join(cut, "results.json"))
   resumed = train.train_and_evaluate(config, cut, mesh=_mesh(2), dataset=dataset)
