@@ -36,8 +36,8 @@ def input_pipeline_rate(dataset, batch_size: int, seed: int, steps: int = 2000) 
 
 def run_vae_jax(manual_dir: str, epochs: int, workdir: str, data_dir: str) -> dict:
   from configs import mnist_mlp
-  from vae_jax import train
   from vae_jax.data import load_dataset
+  from vae_jax.training import train
 
   config = mnist_mlp.get_config()
   config.data.manual_dir = manual_dir

@@ -13,8 +13,12 @@ import time
 import jax
 import numpy as np
 
-from vae_jax import compile_options, optim, parallel, steps
+from vae_jax.data.spec import DataSpec
 from vae_jax.models import build_model
+from vae_jax.training import compile_options, optimizer, steps
+from vae_jax.training import mesh as meshes
+from vae_jax.training.keys import run_keys
+from vae_jax.training.state import init_state
 
 SHAPES = {"mnist_mlp": (28, 28, 1), "beta4": (64, 64, 1)}
 
@@ -27,13 +31,14 @@ def main() -> None:
   args = parser.parse_args()
   config = __import__(f"configs.{args.config}", fromlist=["get_config"]).get_config()
   shape = SHAPES[args.config]
-  mesh = parallel.make_mesh()
-  model = build_model(config.model, shape, 0)
-  tx, _ = optim.make_optimizer(config.optimizer, 10_000)
-  keys = parallel.run_keys(0)
+  mesh = meshes.make_mesh()
+  model = build_model(config.model, DataSpec(shape, 0, 60_000))
+  tx, _ = optimizer.make_optimizer(config.optimizer, 10_000)
+  keys = run_keys(0)
   images = np.random.default_rng(0).integers(0, 256, (config.data.batch_size, *shape), np.uint8)
-  batch = jax.device_put({"image": images}, parallel.batch_sharded(mesh))
-  init = jax.jit(lambda r: steps.init_state(model, tx, r, shape, 0))
+  batch = jax.device_put({"image": images}, meshes.batch_sharded(mesh))
+  spec = DataSpec(shape, 0, 60_000)
+  init = jax.jit(lambda r: init_state(model, tx, r, spec))
   variants = {}
   for name, options in (("xla_default", None), ("step_options", compile_options.step_options())):
     step = jax.jit(

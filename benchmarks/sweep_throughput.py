@@ -44,8 +44,8 @@ def member_configs(config_module: str, steps: int, manual_dir: str | None) -> li
 
 def main() -> None:
   """Runs both ways and prints one JSON line with the figures and ratios."""
-  from vae_jax import train, vectorized
   from vae_jax.data import load_dataset
+  from vae_jax.training import train, vectorized
 
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--config", default="configs/beta4.py")

@@ -10,12 +10,12 @@ and seed; `:quick` gives each member beta4.py's 3,000-step variant.
 import ml_collections
 
 from configs import beta4
-from vae_jax import sweeps
+from vae_jax.sweep import spec
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   return beta4.get_config(variant)
 
 
-def get_sweep() -> list[sweeps.Overrides]:
-  return sweeps.product({"objective.beta": [1.0, 2.0, 4.0, 8.0, 16.0]}, seed=[0, 1, 2])
+def get_sweep() -> list[spec.Overrides]:
+  return spec.product({"objective.beta": [1.0, 2.0, 4.0, 8.0, 16.0]}, seed=[0, 1, 2])

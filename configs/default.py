@@ -23,7 +23,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.exclude_labels = ()  # Labels removed from the TRAINING split (anomaly tools).
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "vae"  # vae | cvae | ae | vqvae | hvae | iaf | btcvae | factorvae
+  # A family (vae_jax.models.MODELS); its own fields go in config.model.<name>, with their defaults
+  # from models.select_model(config, name).
+  config.model.name = "vae"
   config.model.arch = "mlp"  # mlp | conv
   config.model.latent_dim = 20
   config.model.hidden_sizes = (400,)  # MLP bodies (the decoder mirrors them).
@@ -35,30 +37,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.init_scheme = (
     "flax"  # flax (LeCun normal) | pytorch (U(+-1/sqrt(fan_in)), as nn.Linear)
   )
-  # hvae: latent_dim is the top layer (the code encode returns); these are the layers below it.
-  config.model.hvae_lower_dims = (64,)  # Sizes of z_0 .. z_{L-2}, bottom (nearest x) first.
-  config.model.hvae_hidden = 256  # Dense+ReLU width of each bottom-up step and prior network.
-  config.model.iaf_steps = 2  # iaf: number of IAF steps K.
-  config.model.iaf_hidden_sizes = (320, 320)  # iaf: hidden layers of each step's MADE.
-  config.model.iaf_context_dim = 32  # iaf: encoder context h fed to every MADE; 0 for none.
-  # btcvae (Chen et al. 2018): loss -recon + alpha MI + beta TC + gamma dimension-wise KL.
-  config.model.btcvae_alpha = 1.0
-  config.model.btcvae_beta = 6.0
-  config.model.btcvae_gamma = 1.0
-  config.model.btcvae_dataset_size = 60_000  # N of the aggregate posterior: training examples.
-  config.model.btcvae_estimator = "mws"  # mws (the paper's) | mss (stratified)
-  config.model.factorvae_gamma = 35.0  # factorvae (Kim & Mnih 2018): weight of the TC penalty.
-  config.model.discriminator_hidden_sizes = (1000,) * 6  # factorvae: TC discriminator MLP.
-  # vqvae (van den Oord et al. 2017): conv arch = a code grid (H/4 x W/4 for two conv layers;
-  # dense_sizes unused), mlp arch = latent_dim code vectors.
-  config.model.vq_num_codes = 512  # Codebook size K.
-  config.model.vq_code_dim = 64  # Code vector size D.
-  config.model.vq_commitment_cost = 0.25  # beta of the commitment loss.
-  config.model.vq_codebook_update = "loss"  # loss (codebook loss) | ema (moving averages).
-  config.model.vq_ema_decay = 0.99
-  config.model.vq_ema_epsilon = 1e-5  # Laplace smoothing of the EMA cluster sizes (shares).
-  config.model.vq_dead_code_restart = False  # ema: move rarely used codes to encoder outputs.
-  config.model.vq_dead_code_threshold = 0.05  # Dead: EMA share below this times 1/K.
 
   config.objective = ml_collections.ConfigDict()
   config.objective.estimator = "elbo"  # elbo | iwae (k-sample bound, Burda et al. 2015)
@@ -81,10 +59,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.schedule = "constant"  # constant | cosine
   config.optimizer.warmup_steps = 0
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
-  # > 0: params['discriminator'] (factorvae) get their own Adam(lr, b1, b2), constant rate.
-  config.optimizer.discriminator_learning_rate = 0.0
-  config.optimizer.discriminator_b1 = 0.5
-  config.optimizer.discriminator_b2 = 0.9
 
   config.num_epochs = 10
   config.num_train_steps = -1  # > 0 overrides num_epochs.

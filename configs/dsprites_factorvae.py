@@ -9,12 +9,13 @@ ELBO (`objective.beta`) is 1. `:quick` is beta4's short run (the VAE's learning 
 import ml_collections
 
 from configs import beta4
+from vae_jax import models
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = beta4.get_config(variant)
-  config.model.name = "factorvae"
-  config.model.factorvae_gamma = 35.0
+  factorvae = models.select_model(config, "factorvae")
+  factorvae.gamma = 35.0
+  factorvae.discriminator_learning_rate = 1e-4
   config.objective.beta = 1.0
-  config.optimizer.discriminator_learning_rate = 1e-4
   return config

@@ -3,9 +3,10 @@
 import ml_collections
 
 from configs import default
+from vae_jax import models
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.model.name = "ae"
+  models.select_model(config, "ae")
   return config

@@ -3,10 +3,11 @@
 import ml_collections
 
 from configs import default
+from vae_jax import models
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.model.name = "cvae"
+  models.select_model(config, "cvae")
   config.model.hidden_sizes = (512, 256)
   return config

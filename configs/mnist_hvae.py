@@ -13,15 +13,16 @@ MNIST at 3 epochs (test ELBO; plain VAE: -111.8 with mnist_mlp's PyTorch init, -
 import ml_collections
 
 from configs import mnist_mlp
+from vae_jax import models
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = mnist_mlp.get_config()
-  config.model.name = "hvae"
+  hvae = models.select_model(config, "hvae")
   config.model.init_scheme = "flax"
   config.model.latent_dim = 20  # The top layer (the code).
-  config.model.hvae_lower_dims = (64,)
-  config.model.hvae_hidden = 256
+  hvae.lower_dims = (64,)
+  hvae.hidden = 256
   config.objective.kl_schedule = "linear"
   config.objective.kl_warmup_steps = 469  # One epoch of MNIST at batch 128.
   return config

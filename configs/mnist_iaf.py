@@ -8,12 +8,13 @@ configs/mnist_mlp.py; each IAF step is a MADE with two hidden layers of 320 unit
 import ml_collections
 
 from configs import mnist_mlp
+from vae_jax import models
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = mnist_mlp.get_config()
-  config.model.name = "iaf"
-  config.model.iaf_steps = 2
-  config.model.iaf_hidden_sizes = (320, 320)
-  config.model.iaf_context_dim = 32
+  iaf = models.select_model(config, "iaf")
+  iaf.steps = 2
+  iaf.hidden_sizes = (320, 320)
+  iaf.context_dim = 32
   return config

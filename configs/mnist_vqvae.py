@@ -7,13 +7,14 @@ Bernoulli likelihood on grey levels; commitment cost 0.25; the codebook follows 
 import ml_collections
 
 from configs import default
+from vae_jax import models
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = default.get_config()
-  config.model.name = "vqvae"
+  vqvae = models.select_model(config, "vqvae")
   config.model.arch = "conv"
-  config.model.vq_codebook_update = "ema"
-  config.model.vq_dead_code_restart = True
+  vqvae.codebook_update = "ema"
+  vqvae.dead_code_restart = True
   config.num_epochs = 5
   return config

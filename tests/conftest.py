@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from configs import default  # noqa: E402
+from vae_jax import configuration, models  # noqa: E402
 from vae_jax.data import ArrayDataset  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,8 +34,14 @@ def synthetic_dataset(n_train: int = 256, n_test: int = 100, seed: int = 0) -> A
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-  """The default config shrunk to run in seconds: 8 steps, small MLP, batch 32."""
+  """The default config shrunk to run in seconds: 8 steps, small MLP, batch 32.
+
+  `model.name` picks the family (with its default fields) before the other overrides apply.
+  """
   config = default.get_config()
+  config.lock()  # An override of a field that does not exist is an error, not a new field.
+  if "model.name" in overrides:
+    models.select_model(config, overrides.pop("model.name"))
   config.model.hidden_sizes = (32,)
   config.model.conv_features = (8, 16)
   config.model.dense_sizes = (32,)
@@ -49,7 +56,7 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
   config.num_prior_samples = 4
   config.num_traversal_inputs = 2
   config.update_from_flattened_dict(overrides)
-  return config
+  return configuration.resolve(config)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import compile_options
+from vae_jax.training import compile_options
 
 
 def _layer(w, x):

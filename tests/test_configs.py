@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests.conftest import REPO
-from vae_jax import config_checks
+from vae_jax import configuration
 
 CONFIGS = sorted(
   os.path.basename(p)[:-3]
@@ -25,7 +25,7 @@ def test_config_is_valid(name):
     variants.append("quick")
   for variant in variants:
     config = module.get_config(variant) if variant else module.get_config()
-    config_checks.validate(config, num_devices=1)
+    configuration.validate(config, num_devices=1)
 
 
 def test_the_model_family_has_its_configs():

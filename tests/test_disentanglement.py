@@ -7,9 +7,10 @@ import pytest
 from scipy import stats
 from sklearn import metrics as metrics_lib
 
-from vae_jax import metrics
 from vae_jax.data.ground_truth import GroundTruthData
-from vae_jax.metrics import dci, mig, sap, utils
+from vae_jax.evaluation import diagnostics
+from vae_jax.evaluation import disentanglement as metrics
+from vae_jax.evaluation.disentanglement import dci, mig, sap, utils
 
 FACTOR_SIZES = (3, 5, 4)
 
@@ -201,17 +202,17 @@ def test_active_units_on_known_covariance():
   rng = np.random.default_rng(0)
   z = rng.standard_normal((500, 3))
   z = (z - z.mean(0)) / z.std(0) * np.sqrt([1.0, 0.5, 0.001]) + np.array([5.0, -1.0, 2.0])
-  result = metrics.active_units(z)
+  result = diagnostics.active_units(z)
   assert result["num_active"] == 2
   np.testing.assert_array_equal(result["active"], [True, True, False])
   np.testing.assert_allclose(result["variances"], [1.0, 0.5, 0.001])
-  assert metrics.active_units(z, threshold=1e-4)["num_active"] == 3
+  assert diagnostics.active_units(z, threshold=1e-4)["num_active"] == 3
 
 
 def test_posterior_summary_analytic_kl():
   mu = np.array([[1.0, 0.0, 0.0], [1.0, 2.0, 0.0]])
   logvar = np.array([[0.0, 0.0, math.log(2.0)], [0.0, 0.0, math.log(2.0)]])
-  summary = metrics.posterior_summary(mu, logvar)
+  summary = diagnostics.posterior_summary(mu, logvar)
   # KL(N(m, s^2) || N(0, 1)) = (m^2 + s^2 - 1 - log s^2) / 2.
   expected = [0.5, (0.0 + 2.0) / 2, 0.5 * (2.0 - 1.0 - math.log(2.0))]
   np.testing.assert_allclose(summary["kl_per_dim"], expected)

@@ -9,14 +9,20 @@ import pytest
 
 from tests import helpers
 from tests.conftest import REPO, synthetic_dataset, tiny_config
-from vae_jax import checkpointing, eval_suite, optim, parallel, runs, steps, train
-from vae_jax.config_checks import ConfigError
+from vae_jax import runs
 from vae_jax.data import load_dataset
+from vae_jax.errors import ConfigError
+from vae_jax.evaluation import suite as eval_suite
 from vae_jax.models import build_model
+from vae_jax.training import mesh as meshes
+from vae_jax.training import optimizer as optim
+from vae_jax.training import state as state_lib
+from vae_jax.training import train
+from vae_jax.training.checkpoints import Checkpointer
 
 
 def _mesh(n):
-  return parallel.make_mesh(jax.devices()[:n])
+  return meshes.make_mesh(jax.devices()[:n])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,7 @@ def _read(workdir, name):
 
 def test_likelihoods_and_diagnostics_are_consistent_written_and_merged(mnist_like_run):
   workdir, dataset, train_results = mnist_like_run
-  run = runs.load_run(workdir, "best", mesh=_mesh(4), dataset=dataset)
+  run = runs.open_run(workdir, "best", mesh=_mesh(4), dataset=dataset)
   options = eval_suite.EvalOptions(iw_samples=64, iw_chunk=32, iw_batch_size=40)
   groups = ["elbo", "iw_nll", "diagnostics"]
   first = eval_suite.evaluate_run(run, groups, options, "best", _mesh(4))
@@ -64,8 +70,9 @@ def test_likelihoods_and_diagnostics_are_consistent_written_and_merged(mnist_lik
   assert merged["iw_nll"] == json.loads(json.dumps(iw)) == _read(workdir, "iw_nll.json")
   assert merged["diagnostics"]["checkpoint"] == "8"
   assert merged["diagnostics"]["num_examples"] == 60
-  with open(os.path.join(workdir, "eval", "history.jsonl")) as f:
-    metrics = [json.loads(line)["metric"] for line in f]
+  history = runs.read_history(workdir)
+  assert [h["step"] for h in history if "metric" not in h] == [4, 8]  # Training's evaluations.
+  metrics = [h["metric"] for h in history if "metric" in h]
   assert metrics == ["elbo", "iw_nll", "diagnostics", "diagnostics"]
   assert helpers.scalar_series(os.path.join(workdir, "eval"), "iw_nll/iw_nll") == [
     (8, pytest.approx(iw["iw_nll"], rel=1e-5))
@@ -75,10 +82,10 @@ def test_likelihoods_and_diagnostics_are_consistent_written_and_merged(mnist_lik
 
 def test_autoencoder_reports_active_units_only(tmp_path, dataset):
   config = tiny_config(**{"model.name": "ae"})
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  model = build_model(config.model, dataset.spec)
   tx, _ = optim.make_optimizer(config.optimizer, 1)
-  params = steps.init_state(model, tx, jax.random.key(0), (28, 28, 1), 10).params
-  run = runs.Run(str(tmp_path), config, model, {"params": params}, dataset, 0)
+  params = state_lib.init_state(model, tx, jax.random.key(0), dataset.spec).params
+  run = runs.Run(str(tmp_path), config, model, dataset, 0, {"params": params})
   assert eval_suite.select_metrics(None, config, dataset) == ["diagnostics"]
   diag = eval_suite.evaluate_run(run)["diagnostics"]
   assert diag["latent_dim"] == 4 and "kl" not in diag and "num_active_units" in diag
@@ -121,7 +128,7 @@ def _evaluate_cli(*args):
 
 
 def test_cli_without_checkpoints_fails_with_one_line(tmp_path):
-  checkpointing.save_config(tiny_config(), str(tmp_path))
+  runs.save_config(tiny_config(), str(tmp_path))
   proc = _evaluate_cli(f"--workdir={tmp_path}")
   assert proc.returncode != 0
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -132,11 +139,11 @@ def test_cli_without_checkpoints_fails_with_one_line(tmp_path):
 def _untrained_run(workdir: str, config) -> None:
   """A run directory whose checkpoint is the initial state (training it adds nothing here)."""
   dataset = load_dataset(config.data)
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  model = build_model(config.model, dataset.spec)
   tx, _ = optim.make_optimizer(config.optimizer, 1)
-  state = steps.init_state(model, tx, jax.random.key(0), dataset.image_shape, 0)
-  checkpointing.save_config(config, workdir)
-  ckpt = checkpointing.Checkpointer(workdir, 1)
+  state = state_lib.init_state(model, tx, jax.random.key(0), dataset.spec)
+  runs.save_config(config, workdir)
+  ckpt = Checkpointer(workdir, 1)
   ckpt.save(0, state)
   ckpt.close()
 

@@ -6,9 +6,13 @@ import pytest
 
 from configs import mnist_iaf
 from tests.conftest import tiny_config
-from vae_jax import objectives, parallel, steps, train
+from vae_jax.data.spec import DataSpec
+from vae_jax.losses import distributions
 from vae_jax.models import build_model
 from vae_jax.models.made import MADE, IAFFlow, made_masks
+from vae_jax.training import mesh as meshes
+from vae_jax.training import state as state_lib
+from vae_jax.training import steps, train
 
 DIM, CONTEXT = 6, 3
 
@@ -76,15 +80,15 @@ def _iaf_config(**overrides):
   return tiny_config(
     **{
       "model.name": "iaf",
-      "model.iaf_hidden_sizes": (16,),
-      "model.iaf_context_dim": 3,
+      "model.iaf.hidden_sizes": (16,),
+      "model.iaf.context_dim": 3,
       **overrides,
     }
   )
 
 
 def _init(config, n=3):
-  model = build_model(config.model, (28, 28, 1), 10)
+  model = build_model(config.model, DataSpec((28, 28, 1), 10, 60_000))
   x = jax.random.uniform(jax.random.key(5), (n, 28, 28, 1))
   keys = jax.random.split(jax.random.key(0), n)
   return model, model.init(jax.random.key(1), x, keys), x, keys
@@ -92,27 +96,32 @@ def _init(config, n=3):
 
 @pytest.mark.parametrize("num_steps", [2, 3])
 def test_identity_flow_gives_the_diagonal_gaussian_posterior(num_steps):
-  model, model_vars, x, keys = _init(_iaf_config(**{"model.iaf_steps": num_steps}))
+  model, model_vars, x, keys = _init(_iaf_config(**{"model.iaf.steps": num_steps}))
   # Zero output kernels (the init) and sigma = sigmoid(30) = 1 in float32: every step is z -> z.
   params = jax.tree_util.tree_map_with_path(
     lambda path, v: jnp.full_like(v, 30.0) if _is_s_bias(path) else v, model_vars["params"]
   )
   out = model.apply({"params": params}, x, keys)
   eps = jax.vmap(lambda k: jax.random.normal(k, (4,)))(keys)
-  z0 = out["mu"] + jnp.exp(0.5 * out["logvar"]) * eps
-  np.testing.assert_allclose(out["z"], z0, rtol=1e-6)  # Order restored after the reversals.
+  z0 = out.stats["mu"] + jnp.exp(0.5 * out.stats["logvar"]) * eps
+  np.testing.assert_allclose(out.z, z0, rtol=1e-6)  # Order restored after the reversals.
   np.testing.assert_allclose(
-    out["log_q_z"], objectives.gaussian_log_density(z0, out["mu"], out["logvar"]), rtol=1e-6
+    out.log_q_z,
+    distributions.gaussian_log_density(z0, out.stats["mu"], out.stats["logvar"]),
+    rtol=1e-6,
   )
-  np.testing.assert_allclose(out["log_p_z"], objectives.standard_normal_log_density(z0), rtol=1e-6)
-  code, logvar = model.apply({"params": params}, x, method=model.encode)
-  np.testing.assert_allclose(code, out["mu"], rtol=1e-6)
-  np.testing.assert_array_equal(logvar, out["logvar"])
+  np.testing.assert_allclose(out.log_p_z, distributions.standard_normal_log_density(z0), rtol=1e-6)
+  post = model.apply({"params": params}, x, method=model.encode)
+  code, logvar = post.mean, post.logvar
+  np.testing.assert_allclose(code, out.stats["mu"], rtol=1e-6)
+  np.testing.assert_array_equal(logvar, out.stats["logvar"])
   # The fresh flow (sigma = sigmoid(2)) is not the identity, and log q includes its log-det.
   fresh = model.apply(model_vars, x, keys)
   log_det = num_steps * 4 * np.log(jax.nn.sigmoid(2.0))
-  base = objectives.gaussian_log_density(fresh["z0"], fresh["mu"], fresh["logvar"])
-  np.testing.assert_allclose(fresh["log_q_z"], base - log_det, rtol=1e-5)
+  base = distributions.gaussian_log_density(
+    fresh.stats["z0"], fresh.stats["mu"], fresh.stats["logvar"]
+  )
+  np.testing.assert_allclose(fresh.log_q_z, base - log_det, rtol=1e-5)
 
 
 def _is_s_bias(path) -> bool:
@@ -123,22 +132,22 @@ def _is_s_bias(path) -> bool:
 def test_outputs_shapes_and_prior_samples():
   model, model_vars, x, keys = _init(_iaf_config())
   out = model.apply(model_vars, x, keys)
-  assert out["out"].shape == x.shape and "kl_per_dim" not in out
-  assert out["z"].shape == out["z0"].shape == (3, 4)
-  assert out["log_q_z"].shape == out["log_p_z"].shape == (3,)
+  assert out.out.shape == x.shape and out.kl_per_dim is None
+  assert out.z.shape == out.stats["z0"].shape == (3, 4)
+  assert out.log_q_z.shape == out.log_p_z.shape == (3,)
   samples = model.apply(model_vars, jax.random.key(3), 5, method=model.generate)
   assert samples.shape == (5, 28, 28, 1)
 
 
 def test_a_few_steps_lower_the_loss(dataset):
   config = _iaf_config()
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  mesh = meshes.make_mesh(jax.devices()[:1])
+  model = build_model(config.model, dataset.spec)
   tx = optax.adam(1e-3)
   rng = jax.random.key(0)
-  state = steps.init_state(model, tx, rng, dataset.image_shape, dataset.num_classes)
+  state = state_lib.init_state(model, tx, rng, dataset.spec)
   step = steps.make_train_step(model, tx, config, mesh)
-  batch = jax.device_put(dataset.train_stream(32, 0).batch(0), parallel.batch_sharded(mesh))
+  batch = jax.device_put(dataset.train_stream(32, 0).batch(0), meshes.batch_sharded(mesh))
   losses = []
   for _ in range(30):
     state, metrics = step(state, batch, rng)
@@ -155,7 +164,7 @@ def test_mnist_iaf_config_trains_end_to_end(dataset, tmp_path):
   config.eval_every_steps = config.checkpoint_every_steps = 8
   config.num_image_examples = config.num_prior_samples = config.num_traversal_inputs = 2
   results = train.train_and_evaluate(
-    config, str(tmp_path), mesh=parallel.make_mesh(jax.devices()[:1]), dataset=dataset
+    config, str(tmp_path), mesh=meshes.make_mesh(jax.devices()[:1]), dataset=dataset
   )
   assert results["step"] == 8 and np.isfinite(results["eval_elbo"])
   assert results["eval_kl"] > 0

@@ -12,14 +12,19 @@ import numpy as np
 import pytest
 
 from tests.conftest import tiny_config
-from vae_jax import likelihood, objectives, parallel
+from vae_jax.evaluation import likelihood
+from vae_jax.losses import distributions
+from vae_jax.models import Capabilities, Model, ModelOutput, Posterior
+from vae_jax.training import mesh as meshes
 
 SHAPE = (4, 4, 1)
 D, LATENT, SIGMA = 16, 3, 0.1
 
 
-class LinearGaussian(nn.Module):
-  """The model interface with a linear Gaussian encoder and decoder (parameters set by the test)."""
+class LinearGaussian(Model):
+  """The model contract with a linear Gaussian encoder and decoder (parameters set by the test)."""
+
+  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True)
 
   def setup(self):  # noqa: D102
     self.A = self.param("A", nn.initializers.zeros, (D, LATENT))
@@ -30,22 +35,23 @@ class LinearGaussian(nn.Module):
 
   def encode(self, x, y=None):
     mu = x.reshape(x.shape[0], -1) @ self.A + self.c
-    return mu, jnp.broadcast_to(self.logvar, mu.shape)
+    return Posterior(mu, jnp.broadcast_to(self.logvar, mu.shape))
 
   def decode(self, z, y=None):
     return (z @ self.W + self.b).reshape(z.shape[0], *SHAPE)
 
   def __call__(self, x, keys, y=None):
-    mu, logvar = self.encode(x)
+    post = self.encode(x)
+    mu, logvar = post.mean, post.logvar
     eps = jax.vmap(lambda k: jax.random.normal(k, (LATENT,)))(keys)
     z = mu + jnp.exp(0.5 * logvar) * eps
-    return {
-      "out": self.decode(z),
-      "z": z,
-      "kl_per_dim": objectives.kl_standard_normal(mu, logvar),
-      "log_q_z": objectives.gaussian_log_density(z, mu, logvar),
-      "log_p_z": objectives.standard_normal_log_density(z),
-    }
+    return ModelOutput(
+      out=self.decode(z),
+      z=z,
+      kl_per_dim=distributions.kl_standard_normal(mu, logvar),
+      log_q_z=distributions.gaussian_log_density(z, mu, logvar),
+      log_p_z=distributions.standard_normal_log_density(z),
+    )
 
 
 def _problem(n: int = 100):
@@ -79,9 +85,9 @@ CONFIG = tiny_config(
 
 
 def _log_p(params, k, chunk=None, num_devices=4, images=IMAGES):
-  mesh = parallel.make_mesh(jax.devices()[:num_devices])
+  mesh = meshes.make_mesh(jax.devices()[:num_devices])
   model_vars = jax.device_put(
-    {"params": jax.tree.map(jnp.float32, params)}, parallel.replicated(mesh)
+    {"params": jax.tree.map(jnp.float32, params)}, meshes.replicated(mesh)
   )
   return likelihood.log_likelihoods(
     LinearGaussian(),
@@ -125,9 +131,9 @@ def test_chunking_and_device_count_do_not_change_the_estimate():
 
 
 def test_estimate_reports_nats_bits_and_the_elbo():
-  mesh = parallel.make_mesh()
+  mesh = meshes.make_mesh()
   model_vars = jax.device_put(
-    {"params": jax.tree.map(jnp.float32, PERTURBED)}, parallel.replicated(mesh)
+    {"params": jax.tree.map(jnp.float32, PERTURBED)}, meshes.replicated(mesh)
   )
   out = likelihood.estimate(
     LinearGaussian(),

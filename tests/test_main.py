@@ -8,7 +8,11 @@ import tensorflow_datasets as tfds
 
 from tests import helpers
 from tests.conftest import REPO, mnist_dir, tiny_config
-from vae_jax import checkpointing, config_checks, parallel, train
+from vae_jax import configuration
+from vae_jax.data.spec import DataSpec
+from vae_jax.errors import CheckpointError, ConfigError
+from vae_jax.training import mesh as meshes
+from vae_jax.training import train
 
 
 def _main(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -35,16 +39,16 @@ def test_end_to_end_through_tfds_writes_checkpoints_results_and_tensorboard(tmp_
   config = tiny_config(**{"data.manual_dir": str(manual), "data.data_dir": str(tmp_path / "tfds")})
   workdir = str(tmp_path / "run")
   with tfds.testing.mock_data(num_examples=96):
-    results = train.train_and_evaluate(config, workdir, mesh=parallel.make_mesh(jax.devices()[:2]))
+    results = train.train_and_evaluate(config, workdir, mesh=meshes.make_mesh(jax.devices()[:2]))
   assert results["step"] == 8
   for key in ("eval_loss", "eval_elbo", "eval_recon", "eval_kl", "train_examples_per_sec"):
     assert key in helpers.results(workdir)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
   assert os.path.exists(os.path.join(workdir, "config.json"))
   tags = helpers.event_tags(workdir)
-  expected = {"train_loss", "train_kl", "train_grad_norm", "learning_rate", "eval_elbo"}
+  expected = {"train/loss", "train/kl", "train/grad_norm", "train/learning_rate", "eval/elbo"}
   assert expected <= tags
-  assert {"reconstructions", "prior_samples", "eval_kl_dim_00", "steps_per_sec"} <= tags
+  assert {"reconstructions", "prior_samples", "kl_per_dim/eval/00", "steps_per_sec"} <= tags
 
 
 @pytest.mark.parametrize(
@@ -80,16 +84,16 @@ def test_unknown_dataset_fails_before_compiling(tmp_path):
 
 def test_shapes_that_do_not_fit_are_rejected():
   config = tiny_config(**{"model.arch": "conv", "model.conv_features": (8, 8, 8)})
-  with pytest.raises(config_checks.ConfigError, match="multiples of 8; mnist images are 28x28"):
-    config_checks.validate_for_data(config, (28, 28, 1), 10)
+  with pytest.raises(ConfigError, match="multiples of 8; mnist images are 28x28"):
+    configuration.validate_for_data(config, DataSpec((28, 28, 1), 10, 60_000), "mnist")
   config = tiny_config(**{"model.name": "cvae"})
-  with pytest.raises(config_checks.ConfigError, match="needs labels"):
-    config_checks.validate_for_data(config, (28, 28, 1), 0)
+  with pytest.raises(ConfigError, match="needs labels"):
+    configuration.validate_for_data(config, DataSpec((28, 28, 1), 0, 60_000), "mnist")
 
 
 def test_corrupt_checkpoint_is_reported_and_kept(dataset, tmp_path):
   workdir = str(tmp_path)
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = meshes.make_mesh(jax.devices()[:1])
   train.train_and_evaluate(tiny_config(), workdir, mesh=mesh, dataset=dataset)
   ckpt = os.path.join(workdir, "checkpoints", "8")
   for root, _, files in os.walk(ckpt):
@@ -97,15 +101,15 @@ def test_corrupt_checkpoint_is_reported_and_kept(dataset, tmp_path):
       if f != "commit_success.txt" and "METADATA" not in f:
         open(os.path.join(root, f), "wb").close()
   before = sorted(os.listdir(ckpt))
-  with pytest.raises(checkpointing.CheckpointError, match="checkpoints/8 cannot be restored"):
+  with pytest.raises(CheckpointError, match="checkpoints/8 cannot be restored"):
     train.train_and_evaluate(tiny_config(), workdir, mesh=mesh, dataset=dataset)
   assert sorted(os.listdir(ckpt)) == before
 
 
 def test_workdir_of_another_config_is_refused(dataset, tmp_path):
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = meshes.make_mesh(jax.devices()[:1])
   train.train_and_evaluate(tiny_config(), str(tmp_path), mesh=mesh, dataset=dataset)
-  with pytest.raises(checkpointing.CheckpointError, match=r"different config \(objective.beta\)"):
+  with pytest.raises(CheckpointError, match=r"different config \(objective.beta\)"):
     train.train_and_evaluate(
       tiny_config(**{"objective.beta": 2.0}), str(tmp_path), mesh=mesh, dataset=dataset
     )
@@ -131,4 +135,4 @@ def test_main_trains_on_real_mnist_offline(tmp_path):
   assert results["step"] == 60 and results["num_devices"] == 2
   assert 100 < -results["eval_elbo"] < 250  # far below the ~550 nats of an untrained model
   assert sorted(os.listdir(workdir / "checkpoints")) == ["30", "60"]
-  assert {"train_loss", "reconstructions", "prior_samples"} <= helpers.event_tags(str(workdir))
+  assert {"train/loss", "reconstructions", "prior_samples"} <= helpers.event_tags(str(workdir))

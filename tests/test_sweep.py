@@ -9,7 +9,7 @@ from submitit.helpers import DelayedSubmission
 
 from configs import beta4, beta_sweep
 from tests.conftest import REPO
-from vae_jax import sweep, sweep_executors, sweep_report, sweeps
+from vae_jax.sweep import executors, launch, report, spec
 
 # Shrinks a beta4.py:quick member to a few seconds of training.
 TINY = {
@@ -24,11 +24,11 @@ TINY = {
   "model.conv_features": "(8,8,8,8)",
   "model.dense_sizes": "(16,)",
 }
-TINY_FLAGS = [f"--override={k}={v}" for k, v in TINY.items()]
+TINY_FLAGS = [f"--config.{k}={v}" for k, v in TINY.items()]
 
 SWEEP_FILE = """
 from configs import beta4
-from vae_jax import sweeps
+from vae_jax.sweep import spec
 
 
 def get_config(variant=""):
@@ -36,7 +36,7 @@ def get_config(variant=""):
 
 
 def get_sweep():
-  return sweeps.product({{"objective.beta": {betas}}}, seed=[0])
+  return spec.product({{"objective.beta": {betas}}}, seed=[0])
 """
 
 
@@ -79,73 +79,73 @@ def _results(path) -> dict:
 
 
 def test_product_varies_the_first_axis_slowest_and_merges_lists():
-  assert sweeps.product({"objective.beta": [1.0, 4.0]}, seed=[0, 1]) == [
+  assert spec.product({"objective.beta": [1.0, 4.0]}, seed=[0, 1]) == [
     {"objective.beta": 1.0, "seed": 0},
     {"objective.beta": 1.0, "seed": 1},
     {"objective.beta": 4.0, "seed": 0},
     {"objective.beta": 4.0, "seed": 1},
   ]
   arms = [{"objective.kl_schedule": "constant"}, {"objective.kl_schedule": "linear", "x.y": 2}]
-  assert sweeps.product(arms, seed=[3]) == [
+  assert spec.product(arms, seed=[3]) == [
     {"objective.kl_schedule": "constant", "seed": 3},
     {"objective.kl_schedule": "linear", "x.y": 2, "seed": 3},
   ]
-  assert sweeps.product({"model.conv_features": [(8, 8)]}) == [{"model.conv_features": (8, 8)}]
+  assert spec.product({"model.conv_features": [(8, 8)]}) == [{"model.conv_features": (8, 8)}]
 
 
 @pytest.mark.parametrize(
   "call,message",
   [
-    (lambda: sweeps.product({"objective.beta": 4.0}), "must be a list"),
-    (lambda: sweeps.product({"objective.beta": "14"}), "must be a list"),
-    (lambda: sweeps.product(seed=[]), "has no values"),
-    (lambda: sweeps.product([{"seed": 0}], seed=[1]), "'seed' is set by two parts"),
-    (lambda: sweeps.product([3]), "must be dicts"),
-    (lambda: sweeps.zipped(a=[1, 2], b=[1]), r"different lengths \[1, 2\]"),
-    (lambda: sweeps.zipped(), "at least one"),
+    (lambda: spec.product({"objective.beta": 4.0}), "must be a list"),
+    (lambda: spec.product({"objective.beta": "14"}), "must be a list"),
+    (lambda: spec.product(seed=[]), "has no values"),
+    (lambda: spec.product([{"seed": 0}], seed=[1]), "'seed' is set by two parts"),
+    (lambda: spec.product([3]), "must be dicts"),
+    (lambda: spec.zipped(a=[1, 2], b=[1]), r"different lengths \[1, 2\]"),
+    (lambda: spec.zipped(), "at least one"),
   ],
 )
 def test_bad_sweep_definitions_are_rejected(call, message):
-  with pytest.raises(sweeps.SweepError, match=message):
+  with pytest.raises(spec.SweepError, match=message):
     call()
 
 
 def test_zipped_pairs_axes_and_nests_in_product():
-  pairs = sweeps.zipped({"objective.beta": [1, 4], "optimizer.learning_rate": [1e-3, 5e-4]})
+  pairs = spec.zipped({"objective.beta": [1, 4], "optimizer.learning_rate": [1e-3, 5e-4]})
   assert pairs == [
     {"objective.beta": 1, "optimizer.learning_rate": 1e-3},
     {"objective.beta": 4, "optimizer.learning_rate": 5e-4},
   ]
-  assert len(sweeps.product(pairs, seed=[0, 1, 2])) == 6
+  assert len(spec.product(pairs, seed=[0, 1, 2])) == 6
 
 
 def test_member_names_are_safe_deterministic_and_in_key_order():
-  assert sweeps.member_name({"objective.beta": 4.0, "seed": 1}) == "beta=4,seed=1"
-  assert sweeps.member_name({"seed": 1, "objective.beta": 0.5}) == "seed=1,beta=0.5"
-  assert sweeps.member_name({"optimizer.learning_rate": 1e-05}) == "learning_rate=1e-05"
-  assert sweeps.member_name({"model.conv_features": (8, 16)}) == "conv_features=8-16"
-  assert sweeps.member_name({"data.name": "a/b c"}) == "name=a_b_c"
-  assert sweeps.member_name({"objective.beta": 2.0}, short_names={"objective.beta": "b"}) == "b=2"
-  assert sweeps.member_name({}) == "base"
-  with pytest.raises(sweeps.SweepError, match="share the folder 'beta=1'"):
-    sweeps.member_names([{"objective.beta": 1.0}, {"objective.beta": 1}])
+  assert spec.member_name({"objective.beta": 4.0, "seed": 1}) == "beta=4,seed=1"
+  assert spec.member_name({"seed": 1, "objective.beta": 0.5}) == "seed=1,beta=0.5"
+  assert spec.member_name({"optimizer.learning_rate": 1e-05}) == "learning_rate=1e-05"
+  assert spec.member_name({"model.conv_features": (8, 16)}) == "conv_features=8-16"
+  assert spec.member_name({"data.name": "a/b c"}) == "name=a_b_c"
+  assert spec.member_name({"objective.beta": 2.0}, short_names={"objective.beta": "b"}) == "b=2"
+  assert spec.member_name({}) == "base"
+  with pytest.raises(spec.SweepError, match="share the folder 'beta=1'"):
+    spec.member_names([{"objective.beta": 1.0}, {"objective.beta": 1}])
 
 
 def test_beta_sweep_is_15_members_on_the_beta4_setting():
-  path, members = sweeps.load_sweep("configs/beta_sweep.py:quick")
+  path, members = spec.load_sweep("configs/beta_sweep.py:quick")
   assert path == "configs/beta_sweep.py:quick" and len(members) == 15
   assert {m["objective.beta"] for m in members} == {1.0, 2.0, 4.0, 8.0, 16.0}
   assert {m["seed"] for m in members} == {0, 1, 2}
-  names = sweeps.member_names(members)
+  names = spec.member_names(members)
   assert names[:4] == ["beta=1,seed=0", "beta=1,seed=1", "beta=1,seed=2", "beta=2,seed=0"]
   assert beta_sweep.get_config("quick").to_dict() == beta4.get_config("quick").to_dict()
   assert beta_sweep.get_config().to_dict() == beta4.get_config().to_dict()
-  config = sweeps.load_config(path, members[-1])
+  config = spec.load_config(path, members[-1])
   assert config.objective.beta == 16.0 and config.seed == 2 and config.num_train_steps == 3000
 
 
 def test_plan_applies_shared_overrides_and_rejects_unknown_or_conflicting_ones(tmp_path):
-  members, configs = sweep.plan("configs/beta_sweep.py", str(tmp_path), ["num_train_steps=7"])
+  members, configs = launch.plan("configs/beta_sweep.py", str(tmp_path), {"num_train_steps": 7})
   assert configs["beta=8,seed=1"].num_train_steps == 7
   command = members[0].command
   assert command[1:5] == [
@@ -159,12 +159,12 @@ def test_plan_applies_shared_overrides_and_rejects_unknown_or_conflicting_ones(t
     "--config.seed=0",
     "--config.num_train_steps=7",
   ]
-  with pytest.raises(sweeps.SweepError, match="has no config key 'objective.bogus'"):
-    sweep.plan("configs/beta_sweep.py", str(tmp_path), ["objective.bogus=1"])
-  with pytest.raises(sweeps.SweepError, match="Cannot set num_train_steps='many'"):
-    sweep.plan("configs/beta_sweep.py", str(tmp_path), ["num_train_steps=many"])
-  with pytest.raises(sweeps.SweepError, match="would replace a value the sweep varies"):
-    sweep.plan("configs/beta_sweep.py", str(tmp_path), ["seed=3"])
+  with pytest.raises(spec.SweepError, match="has no config key 'objective.bogus'"):
+    launch.plan("configs/beta_sweep.py", str(tmp_path), {"objective.bogus": 1})
+  with pytest.raises(spec.SweepError, match="Cannot set num_train_steps='many'"):
+    launch.plan("configs/beta_sweep.py", str(tmp_path), {"num_train_steps": "many"})
+  with pytest.raises(spec.SweepError, match="would replace a value the sweep varies"):
+    launch.plan("configs/beta_sweep.py", str(tmp_path), {"seed": 3})
 
 
 def test_dry_run_lists_every_member_and_writes_nothing(tmp_path, sweep_env):
@@ -186,10 +186,10 @@ def test_dry_run_lists_every_member_and_writes_nothing(tmp_path, sweep_env):
 @pytest.mark.parametrize(
   "args,message",
   [
-    (["run", "--config=configs/nope.py"], "error: Config file configs/nope.py not found."),
+    (["run", "--config=configs/nope.py"], "error: config file configs/nope.py not found"),
     (["run", "--config=configs/beta4.py"], "error: configs/beta4.py defines no get_sweep()"),
     (["run", "--config=configs/beta_sweep.py:fast"], "Unknown beta4 variant 'fast'"),
-    (["run", "--config=configs/beta_sweep.py", "--override=bogus=1"], "has no config key 'bogus'"),
+    (["run", "--config=configs/beta_sweep.py", "--config.bogus=1"], "--config.bogus names no"),
     (["report"], "error: workdir {tmp}/w does not exist"),
     (["status"], "error: expected one command, run or report; got ['status']"),
   ],
@@ -209,13 +209,13 @@ def test_report_without_results_is_an_error(tmp_path):
     "members": [{"name": "seed=0", "overrides": {"seed": 0}}],
   }
   (tmp_path / "sweep.json").write_text(json.dumps(plan))
-  with pytest.raises(sweep_report.ReportError, match="none of the 1 members .* has a results.json"):
-    sweep_report.write_report(str(tmp_path))
+  with pytest.raises(report.ReportError, match="none of the 1 members .* has a results.json"):
+    report.write_report(str(tmp_path))
 
 
 def test_report_averages_over_seeds_per_setting(tmp_path):
-  members = sweeps.product({"objective.beta": [1.0, 4.0]}, seed=[0, 1, 2])
-  names = sweeps.member_names(members)
+  members = spec.product({"objective.beta": [1.0, 4.0]}, seed=[0, 1, 2])
+  names = spec.member_names(members)
   plan = {
     "config": "c.py",
     "overrides": [],
@@ -237,7 +237,7 @@ def test_report_averages_over_seeds_per_setting(tmp_path):
       "diagnostics": {"step": 3, "num_active_units": 2, "active_units": [0, 4], "kl": 1.5},
     }
     (tmp_path / name / "eval" / "results.json").write_text(json.dumps(evaluation))
-  written = sweep_report.write_report(str(tmp_path))
+  written = report.write_report(str(tmp_path))
   assert [os.path.basename(p) for p in written] == [
     "report.csv",
     "report.md",
@@ -260,7 +260,7 @@ def test_report_averages_over_seeds_per_setting(tmp_path):
 
 def test_eval_results_may_be_flat_or_grouped():
   flat = {"mig": 0.2, "sap": 0.1, "step": 9, "active_units": 3}
-  assert sweep_report.eval_scalars(flat, {"name": "x"}) == {
+  assert report.eval_scalars(flat, {"name": "x"}) == {
     "mig": 0.2,
     "sap": 0.1,
     "active_units": 3,
@@ -270,7 +270,7 @@ def test_eval_results_may_be_flat_or_grouped():
     "iw_nll": {"iw_nll": 88.0, "nll_elbo": 90.1, "iw_samples": 10},
     "dci": {"dci_disentanglement": 0.3, "settings": {"num_train": 10}},
   }
-  assert sweep_report.eval_scalars(grouped, {"kl": 1}) == {
+  assert report.eval_scalars(grouped, {"kl": 1}) == {
     "nll_elbo": 90.0,
     "elbo.kl": 4.0,
     "iw_nll": 88.0,
@@ -282,21 +282,21 @@ def test_eval_results_may_be_flat_or_grouped():
 def test_run_local_reports_failures_and_runs_the_rest(tmp_path):
   def member(name, code):
     command = [sys.executable, "-c", f"print('hello from {name}'); raise SystemExit({code})"]
-    return sweep_executors.Member(name, {}, str(tmp_path / name), command)
+    return executors.Member(name, {}, str(tmp_path / name), command)
 
   members = [member("a", 0), member("b", 3), member("c", 0)]
-  failed = sweep_executors.run_local(members, str(tmp_path), max_parallel=2)
+  failed = executors.run_local(members, str(tmp_path), max_parallel=2)
   assert [m.name for m in failed] == ["b"]
   assert "hello from b" in (tmp_path / "b" / "train.log").read_text()
-  sweep_executors.run_local(members[:1], str(tmp_path), max_parallel=1)
+  executors.run_local(members[:1], str(tmp_path), max_parallel=1)
   log = (tmp_path / "a" / "train.log").read_text()
   assert log.splitlines().count("hello from a") == 2  # appended, not overwritten
   assert log.count("=== ") == 2
 
 
 def test_requeued_job_is_the_same_member():
-  member = sweep_executors.Member("beta=1", {"objective.beta": 1.0}, "/w/beta=1", ["true"])
-  job = sweep_executors.MemberJob(member, "/repo")
+  member = executors.Member("beta=1", {"objective.beta": 1.0}, "/w/beta=1", ["true"])
+  job = executors.MemberJob(member, "/repo")
   resubmission = job.checkpoint()
   assert isinstance(resubmission, DelayedSubmission)
   assert resubmission.function.member == member and resubmission.function.cwd == "/repo"
@@ -337,7 +337,7 @@ def test_local_sweep_trains_skips_finished_members_and_reports(tmp_path, sweep_e
   proc = _sweep(sweep_env, *args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   for name in names:
-    assert f"{name}: skipped, results.json is at the configured step 4" in proc.stdout
+    assert f"{name}: skipped, results.json is at the configured length (step 4)" in proc.stdout
   assert "All 2 members are finished." in proc.stdout
   assert [os.stat(workdir / n / "results.json").st_mtime_ns for n in names] == mtimes
 

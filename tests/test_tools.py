@@ -12,11 +12,15 @@ from PIL import Image
 
 from tests import helpers
 from tests.conftest import REPO, synthetic_dataset, tiny_config
-from vae_jax import config_checks, model_fns, parallel, runs, train
+from vae_jax import configuration, runs
 from vae_jax.data import ArrayDataset
+from vae_jax.data.spec import DataSpec
+from vae_jax.errors import ConfigError
 from vae_jax.models import build_model
 from vae_jax.tools import ToolError, anomaly, common, generation, latent_map, open_run
 from vae_jax.tools import reconstruction as recon_tools
+from vae_jax.training import mesh as meshes
+from vae_jax.training import train
 
 HELDOUT = 9  # The blob class at the edge of the synthetic images: unlike anything trained on.
 CELL = 29  # A 28-pixel image plus the grid's 1-pixel padding.
@@ -51,7 +55,7 @@ def run(tmp_path_factory, data) -> runs.Run:
       "checkpoint_every_steps": 150,
     }
   )
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = meshes.make_mesh(jax.devices()[:1])
   train.train_and_evaluate(config, workdir, mesh=mesh, dataset=data)
   return open_run(workdir, dataset=data)
 
@@ -59,14 +63,14 @@ def run(tmp_path_factory, data) -> runs.Run:
 def _untrained_run(tmp_path, dataset, with_variables: bool = True, **overrides) -> runs.Run:
   """A run object with freshly initialised variables, or none (all a tool's checks read)."""
   config = tiny_config(**overrides)
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  model = build_model(config.model, dataset.spec)
   model_vars = None
   if with_variables:
     x = jnp.zeros((2, *dataset.image_shape))
     y = jnp.zeros((2,), jnp.int32) if dataset.num_classes else None
     key = jax.random.key(0)
     model_vars = jax.jit(model.init)(key, x, jax.random.split(key, 2), y)
-  return runs.Run(str(tmp_path), config, model, model_vars, dataset, 0)
+  return runs.Run(str(tmp_path), config, model, dataset, 0, model_vars)
 
 
 # Helpers with known answers.
@@ -116,10 +120,12 @@ def test_exclude_labels_removes_only_training_examples(dataset):
   np.testing.assert_array_equal(kept.test_images, dataset.test_images)
   for bad, message in [((10,), "must be labels in \\[0, 10\\)"), (tuple(range(10)), "every class")]:
     config = tiny_config(**{"data.exclude_labels": bad})
-    with pytest.raises(config_checks.ConfigError, match=message):
-      config_checks.validate_for_data(config, dataset.image_shape, 10)
-  with pytest.raises(config_checks.ConfigError, match="needs labels"):
-    config_checks.validate_for_data(tiny_config(**{"data.exclude_labels": (1,)}), (28, 28, 1), 0)
+    with pytest.raises(ConfigError, match=message):
+      configuration.validate_for_data(config, dataset.spec, "mnist")
+  with pytest.raises(ConfigError, match="needs labels"):
+    configuration.validate_for_data(
+      tiny_config(**{"data.exclude_labels": (1,)}), DataSpec((28, 28, 1), 0, 60_000), "mnist"
+    )
 
 
 # Every command on the trained run.
@@ -143,8 +149,9 @@ def test_sample_reconstruct_and_traverse_write_grids_of_the_right_size(run):
 def test_interpolation_ends_are_the_reconstructions_of_the_two_inputs(run):
   result = generation.run_interpolate(run, index_a=2, index_b=5, steps=6)
   assert _png_shape(result["files"][0]) == _grid_shape(2, 8)
-  x = common.inputs(run, run.dataset.test_images[[2, 5]])
-  expected = model_fns.reconstruct(run.model, run.model_vars, x, run.config.model.likelihood)
+  x = common.inference(run).inputs(run.dataset.test_images[[2, 5]])
+  code = run.model.apply(run.model_vars, x, method=run.model.encode).mean
+  expected = jax.nn.sigmoid(run.model.apply(run.model_vars, code, method=run.model.decode))
   for mode in ("linear", "slerp"):
     images = result["images"][mode]
     assert images.shape == (6, 28, 28, 1)
@@ -156,9 +163,8 @@ def test_arithmetic_decodes_class_means_and_their_combination(run):
   result = generation.run_arithmetic(run, a=1, b=2, c=3)
   assert _png_shape(result["files"][0]) == _grid_shape(1, 4)
   labels = run.dataset.test_labels
-  mu = model_fns.posterior_mean(
-    run.model, run.model_vars, common.inputs(run, run.dataset.test_images)
-  )
+  x = common.inference(run).inputs(run.dataset.test_images)
+  mu = run.model.apply(run.model_vars, x, method=run.model.encode).mean
   means = [np.asarray(mu)[labels == k].mean(0) for k in (1, 2, 3)]
   np.testing.assert_allclose(result["latents"][:3], means, atol=1e-5)
   np.testing.assert_allclose(result["latents"][3], means[0] - means[1] + means[2], atol=1e-5)
@@ -201,7 +207,9 @@ def test_augment_saves_labelled_draws_around_each_example(run):
   np.testing.assert_array_equal(saved["labels"], run.dataset.test_labels[saved["source_index"]])
   assert _png_shape(png_path) == _grid_shape(8, 4)
   cold = recon_tools.run_augment(run, split="train", num=4, num_per_example=2, temperature=0.0)
-  recon = common.reconstruct(run, common.inputs(run, run.dataset.train_images[:4]))
+  recon = common.inference(run).reconstruct(
+    common.inference(run).inputs(run.dataset.train_images[:4])
+  )
   np.testing.assert_allclose(cold["images"][::2] / 255.0, recon, atol=1 / 255 + 1e-6)
 
 

@@ -9,8 +9,15 @@ import optax
 import pytest
 
 from tests.conftest import tiny_config
-from vae_jax import config_checks, objectives, parallel, steps, total_correlation
+from vae_jax import configuration
+from vae_jax.collectives import LOCAL
+from vae_jax.errors import ConfigError
+from vae_jax.losses import distributions, total_correlation
 from vae_jax.models import build_model
+from vae_jax.training import keys as prng
+from vae_jax.training import mesh as meshes
+from vae_jax.training import state as state_lib
+from vae_jax.training import steps
 
 
 def _posterior_batch(rng, mu):
@@ -42,7 +49,9 @@ def _means(z, mu, logvar, n, estimator):
 def test_terms_add_up_to_log_q_z_given_x_minus_log_p_z(estimator, n):
   z, mu, logvar = _posterior_batch(jax.random.key(4), jax.random.normal(jax.random.key(5), (64, 5)))
   terms = total_correlation.kl_decomposition(z, mu, logvar, n, estimator)
-  mc_kl = objectives.gaussian_log_density(z, mu, logvar) - objectives.standard_normal_log_density(z)
+  mc_kl = distributions.gaussian_log_density(
+    z, mu, logvar
+  ) - distributions.standard_normal_log_density(z)
   total = terms["mutual_information"] + terms["total_correlation"] + terms["dimwise_kl"]
   np.testing.assert_allclose(total, mc_kl, rtol=1e-5, atol=1e-4)
 
@@ -89,23 +98,21 @@ def test_correlated_batch_has_clearly_positive_tc(estimator, n):
 
 
 def test_btcvae_batch_loss_reweights_the_monte_carlo_kl(dataset):
-  config = tiny_config(**{"model.name": "btcvae", "model.btcvae_dataset_size": 1000})
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
-  params = steps.init_state(
-    model, optax.sgd(1.0), jax.random.key(0), dataset.image_shape, 10
-  ).params
+  config = tiny_config(**{"model.name": "btcvae"})
+  model = build_model(config.model, dataset.spec)
+  params = state_lib.init_state(model, optax.sgd(1.0), jax.random.key(0), dataset.spec).params
   batch = jax.tree.map(jnp.asarray, dataset.train_stream(32, 0).batch(0))
-  keys = parallel.example_keys(jax.random.key(1), 0, jnp.arange(32))
+  keys = prng.example_keys(jax.random.key(1), 0, jnp.arange(32))
   _, outputs = jax.jit(lambda p: steps.forward_terms(model, p, batch, keys, config))(params)
 
   def batch_loss(alpha, beta, gamma):
     weighted = model.clone(alpha=alpha, beta=beta, gamma=gamma)
     return weighted.apply(
-      {"params": params}, outputs, parallel.LOCAL, jax.random.key(2), method=weighted.batch_loss
+      {"params": params}, outputs, LOCAL, jax.random.key(2), method=weighted.batch_loss
     )
 
   assert float(batch_loss(1.0, 1.0, 1.0)[0]) == 0.0  # The plain ELBO.
-  mc_kl = np.mean(outputs["log_q_z"] - outputs["log_p_z"])
+  mc_kl = np.mean(outputs.log_q_z - outputs.log_p_z)
   np.testing.assert_allclose(batch_loss(2.0, 2.0, 2.0)[0], mc_kl, rtol=1e-4)  # One more MC KL.
   loss, metrics = batch_loss(1.0, 6.0, 1.0)
   np.testing.assert_allclose(loss, 5.0 * metrics["tc_estimate"], rtol=1e-6)
@@ -114,18 +121,18 @@ def test_btcvae_batch_loss_reweights_the_monte_carlo_kl(dataset):
 
 
 def test_btcvae_metrics_do_not_depend_on_the_device_count(dataset):
-  config = tiny_config(**{"model.name": "btcvae", "model.btcvae_dataset_size": 1000})
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  config = tiny_config(**{"model.name": "btcvae"})
+  model = build_model(config.model, dataset.spec)
   tx = optax.sgd(1e-3)
   rng = jax.random.key(0)
-  state = jax.device_get(steps.init_state(model, tx, rng, dataset.image_shape, 10))
+  state = jax.device_get(state_lib.init_state(model, tx, rng, dataset.spec))
   batch = dataset.train_stream(32, 0).batch(0)
   results = []
   for num_devices in (1, 4):
-    mesh = parallel.make_mesh(jax.devices()[:num_devices])
+    mesh = meshes.make_mesh(jax.devices()[:num_devices])
     train_step = steps.make_train_step(model, tx, config, mesh)
-    local = jax.device_put(state, parallel.replicated(mesh))
-    _, metrics = train_step(local, jax.device_put(batch, parallel.batch_sharded(mesh)), rng)
+    local = jax.device_put(state, meshes.replicated(mesh))
+    _, metrics = train_step(local, jax.device_put(batch, meshes.batch_sharded(mesh)), rng)
     results.append(jax.device_get(metrics))
   for name in ("tc_estimate", "mutual_information", "dimwise_kl", "loss"):
     np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-5)
@@ -134,13 +141,30 @@ def test_btcvae_metrics_do_not_depend_on_the_device_count(dataset):
 @pytest.mark.parametrize(
   "overrides,field",
   [
-    ({"model.btcvae_estimator": "kde"}, "model.btcvae_estimator"),
-    ({"model.btcvae_dataset_size": 0}, "model.btcvae_dataset_size"),
-    ({"model.btcvae_beta": -1.0}, "model.btcvae_beta"),
+    ({"model.btcvae.estimator": "kde"}, "model.btcvae.estimator"),
+    ({"model.btcvae.beta": -1.0}, "model.btcvae.beta"),
     ({"objective.estimator": "iwae", "objective.num_samples": 2}, "objective.estimator"),
   ],
 )
 def test_invalid_btcvae_config_names_the_field(overrides, field):
   config = tiny_config(**{"model.name": "btcvae", **overrides})
-  with pytest.raises(config_checks.ConfigError, match=field):
-    config_checks.validate(config, 1)
+  with pytest.raises(ConfigError, match=field):
+    configuration.validate(config, 1)
+
+
+def test_the_aggregate_posterior_averages_over_the_dataset_s_training_examples(dataset):
+  config = tiny_config(**{"model.name": "btcvae"})
+  assert build_model(config.model, dataset.spec).dataset_size == len(dataset.train_images)
+  assert "dataset_size" not in config.model.btcvae
+
+
+@pytest.mark.parametrize("estimator", ["mws", "mss"])
+def test_padding_rows_are_left_out_of_the_estimates(estimator):
+  z, mu, logvar = _correlated_batch(m=48)
+  m = len(z)
+  real = total_correlation.kl_decomposition(z[:40], mu[:40], logvar[:40], 1000, estimator)
+  pad = lambda v: jnp.concatenate([v[:40], jnp.repeat(v[39:40], m - 40, axis=0)])  # noqa: E731
+  mask = (jnp.arange(m) < 40).astype(jnp.float32)
+  padded = total_correlation.kl_decomposition(pad(z), pad(mu), pad(logvar), 1000, estimator, mask)
+  for k in real:
+    np.testing.assert_allclose(padded[k][:40], real[k], rtol=1e-5, atol=1e-5, err_msg=k)

@@ -7,23 +7,28 @@ import pytest
 
 from tests import helpers
 from tests.conftest import tiny_config
-from vae_jax import optim, parallel, steps, train
+from vae_jax import runs
+from vae_jax.errors import NonFiniteLossError
 from vae_jax.models import build_model
+from vae_jax.training import loop, steps, train
+from vae_jax.training import mesh as meshes
+from vae_jax.training import optimizer as optim
+from vae_jax.training import state as state_lib
 
 
 def _mesh(n):
-  return parallel.make_mesh(jax.devices()[:n])
+  return meshes.make_mesh(jax.devices()[:n])
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch(dataset):
   config = tiny_config()
   mesh = _mesh(1)
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  model = build_model(config.model, dataset.spec)
   tx, _ = optim.make_optimizer(config.optimizer, 100)
   rng = jax.random.key(0)
-  state = steps.init_state(model, tx, rng, dataset.image_shape, dataset.num_classes)
+  state = state_lib.init_state(model, tx, rng, dataset.spec)
   step = steps.make_train_step(model, tx, config, mesh)
-  batch = jax.device_put(dataset.train_stream(32, 0).batch(0), parallel.batch_sharded(mesh))
+  batch = jax.device_put(dataset.train_stream(32, 0).batch(0), meshes.batch_sharded(mesh))
   losses = []
   for _ in range(30):
     state, metrics = step(state, batch, rng)
@@ -52,8 +57,8 @@ def test_one_and_four_devices_give_the_same_run(dataset, tmp_path, overrides, st
   assert (r1["num_devices"], r4["num_devices"]) == (1, 4)
   for key in ("eval_loss", "eval_recon", "eval_kl", "eval_elbo"):
     np.testing.assert_allclose(r1[key], r4[key], rtol=1e-5, atol=1e-5, err_msg=key)
-  curve1 = helpers.scalar_series(str(tmp_path / "d1"), "train_loss")
-  curve4 = helpers.scalar_series(str(tmp_path / "d4"), "train_loss")
+  curve1 = helpers.scalar_series(str(tmp_path / "d1"), "train/loss")
+  curve4 = helpers.scalar_series(str(tmp_path / "d4"), "train/loss")
   assert len(curve1) == 2
   np.testing.assert_allclose([v for _, v in curve1], [v for _, v in curve4], rtol=1e-5, atol=1e-5)
   p1 = helpers.checkpoint_params(str(tmp_path / "d1"), 8)
@@ -70,7 +75,7 @@ def test_one_and_four_devices_give_the_same_run(dataset, tmp_path, overrides, st
 
 def test_many_multi_device_steps_run_without_deadlock(dataset, tmp_path):
   # XLA:CPU stalls in the cross-device all-reduce once ~32 steps are queued (see
-  # parallel.DispatchWindow); a loop that never waits on the device reached that by step ~40.
+  # meshes.DispatchWindow); a loop that never waits on the device reached that by step ~40.
   # Steps must take longer to run than to dispatch for the queue to grow: a wider MLP.
   config = tiny_config(num_train_steps=120, log_every_steps=120, eval_every_steps=120)
   config.checkpoint_every_steps = 120
@@ -82,10 +87,10 @@ def test_many_multi_device_steps_run_without_deadlock(dataset, tmp_path):
 def test_dispatches_end_at_logging_evaluation_and_checkpoint_steps():
   ends, step = [], 0
   while step < 20:
-    step = train.dispatch_end(step, 8, 20, (5, 12))
+    step = loop.dispatch_end(step, 8, 20, (5, 12))
     ends.append(step)
   assert ends == [5, 10, 12, 15, 20]
-  assert train.dispatch_end(0, 1, 20, (5,)) == 1
+  assert loop.dispatch_end(0, 1, 20, (5,)) == 1
 
 
 def test_several_steps_per_execution_give_the_same_run(dataset, tmp_path):
@@ -98,8 +103,8 @@ def test_several_steps_per_execution_give_the_same_run(dataset, tmp_path):
     r3 = train.train_and_evaluate(config, workdir, mesh=_mesh(devices), dataset=dataset)
     for key in ("eval_loss", "eval_recon", "eval_kl", "eval_elbo"):
       np.testing.assert_allclose(r3[key], r1[key], rtol=1e-5, atol=1e-5, err_msg=key)
-    curve1 = helpers.scalar_series(str(tmp_path / "k1"), "train_loss")
-    curve3 = helpers.scalar_series(workdir, "train_loss")
+    curve1 = helpers.scalar_series(str(tmp_path / "k1"), "train/loss")
+    curve3 = helpers.scalar_series(workdir, "train/loss")
     assert [s for s, _ in curve3] == [s for s, _ in curve1] == [4, 8]
     np.testing.assert_allclose([v for _, v in curve3], [v for _, v in curve1], rtol=1e-5)
     helpers.assert_trees_close(
@@ -141,14 +146,14 @@ def test_training_longer_continues_from_the_checkpoint(dataset, tmp_path):
 
 def test_non_finite_loss_stops_the_run_with_a_clear_message(dataset, tmp_path):
   config = tiny_config(**{"optimizer.learning_rate": 1e12, "log_every_steps": 1})
-  with pytest.raises(train.NonFiniteLossError, match="Non-finite training loss .* at step"):
+  with pytest.raises(NonFiniteLossError, match="Non-finite training loss .* at step"):
     train.train_and_evaluate(config, str(tmp_path), mesh=_mesh(1), dataset=dataset)
   assert not os.path.exists(os.path.join(tmp_path, "checkpoints", "8"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-  "name,logged", [("beta4", "train_beta"), ("beta_capacity", "train_capacity")]
+  "name,logged", [("beta4", "train/beta"), ("beta_capacity", "train/capacity")]
 )
 def test_dsprites_configs_train_end_to_end(tmp_path, name, logged):
   import importlib
@@ -172,4 +177,16 @@ def test_dsprites_configs_train_end_to_end(tmp_path, name, logged):
   assert results["step"] == 4 and np.isfinite(results["eval_loss"])
   assert {f"eval_kl_dim_{d:02d}" for d in range(10)} <= set(results)
   tags = helpers.event_tags(str(tmp_path))
-  assert {"traversals", "reconstructions", logged, "eval_kl_dim_09"} <= tags
+  assert {"traversals", "reconstructions", logged, "kl_per_dim/eval/09"} <= tags
+
+
+@pytest.mark.parametrize("name", ["btcvae", "factorvae"])
+def test_eval_loss_is_the_training_objective_with_the_batch_loss(dataset, tmp_path, name):
+  # `--checkpoint=best` ranks by eval_loss: it must include what the batch loss adds.
+  config = tiny_config(**{"model.name": name})
+  results = train.train_and_evaluate(config, str(tmp_path), mesh=_mesh(2), dataset=dataset)
+  assert abs(results["eval_batch_loss"]) > 1e-3
+  expected = -results["eval_recon"] + results["eval_kl"] + results["eval_batch_loss"]
+  np.testing.assert_allclose(results["eval_loss"], expected, rtol=1e-5)
+  history = [h["eval_loss"] for h in runs.read_history(str(tmp_path))]
+  np.testing.assert_allclose(history[-1], results["eval_loss"], rtol=1e-6)

@@ -6,8 +6,9 @@ import pytest
 
 from tests import helpers
 from tests.conftest import tiny_config
-from vae_jax import parallel, train, vectorized
-from vae_jax.config_checks import ConfigError
+from vae_jax.errors import ConfigError
+from vae_jax.training import mesh as meshes
+from vae_jax.training import train, vectorized
 
 MEMBERS = [
   {"objective.beta": 1.0, "seed": 0},
@@ -40,7 +41,7 @@ def test_each_member_equals_its_separate_run(dataset, tmp_path, overrides):
   configs[1].objective.kl_warmup_steps = 3
   dirs = [str(tmp_path / f"v{i}") for i in range(len(configs))]
   got = vectorized.train_members(configs, dirs, devices=jax.devices()[:4], dataset=dataset)
-  mesh = parallel.make_mesh(jax.devices()[:4])
+  mesh = meshes.make_mesh(jax.devices()[:4])
   for i, config in enumerate(configs):
     alone = str(tmp_path / f"s{i}")
     expected = train.train_and_evaluate(config, alone, mesh=mesh, dataset=dataset)
@@ -50,8 +51,8 @@ def test_each_member_equals_its_separate_run(dataset, tmp_path, overrides):
     helpers.assert_trees_close(
       helpers.checkpoint_params(dirs[i], 8), helpers.checkpoint_params(alone, 8), atol=1e-5
     )
-    vec_curve = helpers.scalar_series(dirs[i], "train_loss")
-    alone_curve = helpers.scalar_series(alone, "train_loss")
+    vec_curve = helpers.scalar_series(dirs[i], "train/loss")
+    alone_curve = helpers.scalar_series(alone, "train/loss")
     np.testing.assert_allclose([v for _, v in vec_curve], [v for _, v in alone_curve], rtol=1e-5)
   assert got[0]["eval_loss"] != got[1]["eval_loss"]
 

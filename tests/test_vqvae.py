@@ -9,9 +9,14 @@ import pytest
 
 from tests import helpers
 from tests.conftest import tiny_config
-from vae_jax import config_checks, objectives, parallel, steps, train
+from vae_jax import configuration
+from vae_jax.collectives import LOCAL
+from vae_jax.errors import ConfigError
+from vae_jax.losses import likelihoods
 from vae_jax.models import build_model, vqvae
-from vae_jax.parallel import LOCAL
+from vae_jax.training import mesh as meshes
+from vae_jax.training import state as state_lib
+from vae_jax.training import steps, train
 
 K, D = 16, 4
 
@@ -21,8 +26,8 @@ def _config(**overrides):
     **{
       "model.name": "vqvae",
       "model.arch": "conv",
-      "model.vq_num_codes": K,
-      "model.vq_code_dim": D,
+      "model.vqvae.num_codes": K,
+      "model.vqvae.code_dim": D,
       **overrides,
     }
   )
@@ -30,7 +35,7 @@ def _config(**overrides):
 
 def _model_and_vars(dataset, **overrides):
   config = _config(**overrides)
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
+  model = build_model(config.model, dataset.spec)
   x = jnp.zeros((2, *dataset.image_shape))
   model_vars = model.init(jax.random.key(0), x, jax.random.split(jax.random.key(1), 2))
   return config, model, dict(model_vars)
@@ -63,25 +68,25 @@ def test_output_shapes(dataset, arch, num_latents):
   @jax.jit
   def run(model_vars, x):
     out = model.apply(model_vars, x, _keys(3))
-    z_e = model.apply(model_vars, x, method=model.encode)
+    z_e = model.apply(model_vars, x, method=model.encode).mean
     decoded = model.apply(model_vars, z_e, method=model.decode)
     samples = model.apply(model_vars, jax.random.key(3), 5, method=model.generate)
     return out, z_e, decoded, samples
 
   out, z_e, decoded, samples = run(model_vars, x)
-  assert out["out"].shape == x.shape
-  assert out["z"].shape == out["z_e"].shape == (3, D * num_latents)
-  assert out["code_usage"].shape == (3, K)
-  np.testing.assert_allclose(out["code_usage"].sum(-1), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(out["kl_per_dim"], np.full((3, num_latents), math.log(K)))
-  assert {k: v.shape for k, v in out["extra_terms"].items()} == {
+  assert out.out.shape == x.shape
+  assert out.z.shape == out.stats["z_e"].shape == (3, D * num_latents)
+  assert out.stats["code_usage"].shape == (3, K)
+  np.testing.assert_allclose(out.stats["code_usage"].sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(out.kl_per_dim, np.full((3, num_latents), math.log(K)))
+  assert {k: v.shape for k, v in out.extra_terms.items()} == {
     "aux_loss": (3,),
     "commitment_loss": (3,),
     "codebook_loss": (3,),
   }
-  np.testing.assert_allclose(z_e, out["z_e"], atol=1e-6)
+  np.testing.assert_allclose(z_e, out.stats["z_e"], atol=1e-6)
   # decode quantizes what encode returns: the same image as the forward pass.
-  np.testing.assert_allclose(decoded, out["out"], atol=1e-5)
+  np.testing.assert_allclose(decoded, out.out, atol=1e-5)
   assert samples.shape == (5, *dataset.image_shape)
 
 
@@ -97,16 +102,16 @@ def test_aux_losses_are_the_squared_distances_to_the_nearest_code(dataset):
   model_vars["params"] = {**model_vars["params"], "codebook": jnp.asarray(codebook)}
   x = _images(dataset, 4)
   out = model.apply(model_vars, x, _keys(4))
-  z_e = _vectors(out["z_e"])
+  z_e = _vectors(out.stats["z_e"])
   idx = _numpy_nearest(z_e, codebook)
   sq = ((z_e - codebook[idx]) ** 2).sum(axis=(1, 2))
-  terms = out["extra_terms"]
+  terms = out.extra_terms
   np.testing.assert_allclose(terms["commitment_loss"], 0.25 * sq, rtol=1e-5)
   np.testing.assert_allclose(terms["codebook_loss"], sq, rtol=1e-5)
   np.testing.assert_allclose(terms["aux_loss"], 1.25 * sq, rtol=1e-5)
-  np.testing.assert_allclose(_vectors(out["z"]), codebook[idx], atol=1e-5)
+  np.testing.assert_allclose(_vectors(out.z), codebook[idx], atol=1e-5)
   usage = np.stack([np.bincount(i, minlength=K) / i.size for i in idx])
-  np.testing.assert_allclose(out["code_usage"], usage, atol=1e-6)
+  np.testing.assert_allclose(out.stats["code_usage"], usage, atol=1e-6)
 
 
 def test_straight_through_gradient_treats_quantization_as_identity(dataset):
@@ -115,18 +120,20 @@ def test_straight_through_gradient_treats_quantization_as_identity(dataset):
 
   def recon_loss(params):
     out = model.apply({"params": params}, x, _keys(4))
-    return -objectives.bernoulli_log_likelihood(x, out["out"]).mean(), out["z"]
+    return -likelihoods.bernoulli_log_likelihood(x, out.out).mean(), out.z
 
   def loss_of_codes(z):
     vecs = jnp.swapaxes(z.reshape(4, D, -1), 1, 2).reshape(4, 7, 7, D)
     out = model.apply(model_vars, vecs, method=lambda m, v: m.decoder(v))
-    return -objectives.bernoulli_log_likelihood(x, out).mean()
+    return -likelihoods.bernoulli_log_likelihood(x, out).mean()
 
   @jax.jit
   def gradients(params):
     grads, z_q = jax.grad(recon_loss, has_aux=True)(params)
     # Reference: d loss / d z at z = z_q, pulled back through the encoder alone.
-    z_e, encoder_vjp = jax.vjp(lambda p: model.apply({"params": p}, x, method=model.encode), params)
+    z_e, encoder_vjp = jax.vjp(
+      lambda p: model.apply({"params": p}, x, method=model.encode).mean, params
+    )
     (expected,) = encoder_vjp(jax.grad(loss_of_codes)(z_q))
     return grads["encoder"], expected["encoder"], z_e, z_q
 
@@ -155,13 +162,13 @@ def test_ema_update_formula_on_known_inputs():
 
 
 def test_forward_pass_updates_the_ema_codebook_only_when_mutable(dataset):
-  _, model, model_vars = _model_and_vars(dataset, **{"model.vq_codebook_update": "ema"})
+  _, model, model_vars = _model_and_vars(dataset, **{"model.vqvae.codebook_update": "ema"})
   assert "codebook" not in model_vars["params"]
   ema = model_vars["vq_ema"]
   np.testing.assert_allclose(ema["cluster_size"], np.full(K, 1 / K))
   x = _images(dataset, 4)
   out, new = model.apply(model_vars, x, _keys(4), mutable=["vq_ema"])
-  z_e = _vectors(out["z_e"]).reshape(-1, D)
+  z_e = _vectors(out.stats["z_e"]).reshape(-1, D)
   codebook = vqvae.ema_codebook(ema["cluster_size"], ema["embed_sum"], 1e-5)
   onehot = np.eye(K)[_numpy_nearest(z_e, codebook)]
   np.testing.assert_allclose(
@@ -173,10 +180,10 @@ def test_forward_pass_updates_the_ema_codebook_only_when_mutable(dataset):
     rtol=1e-4,
     atol=1e-7,
   )
-  assert set(out["extra_terms"]) == {"aux_loss", "commitment_loss"}
+  assert set(out.extra_terms) == {"aux_loss", "commitment_loss"}
   # The EMA codebook starts at its initial vectors; evaluation (not mutable) uses it as it is.
   np.testing.assert_allclose(codebook, ema["embed_sum"] * K, rtol=1e-3)
-  np.testing.assert_allclose(model.apply(model_vars, x, _keys(4))["out"], out["out"], atol=1e-6)
+  np.testing.assert_allclose(model.apply(model_vars, x, _keys(4)).out, out.out, atol=1e-6)
 
 
 def test_perplexity_is_k_for_uniform_use_and_one_for_a_single_code():
@@ -186,7 +193,7 @@ def test_perplexity_is_k_for_uniform_use_and_one_for_a_single_code():
 
 
 def test_dead_code_restart_moves_an_unused_code_to_an_encoder_output(dataset):
-  overrides = {"model.vq_codebook_update": "ema", "model.vq_dead_code_restart": True}
+  overrides = {"model.vqvae.codebook_update": "ema", "model.vqvae.dead_code_restart": True}
   _, model, model_vars = _model_and_vars(dataset, **overrides)
   sizes = np.full(K, 1 / K, np.float32)
   sizes[3] = 1e-6  # Below 0.05 / K: dead.
@@ -199,7 +206,7 @@ def test_dead_code_restart_moves_an_unused_code_to_an_encoder_output(dataset):
   assert float(metrics["codes_restarted"]) == 1
   before = vqvae.ema_codebook(sizes, model_vars["vq_ema"]["embed_sum"], 1e-5)
   after = vqvae.ema_codebook(new["vq_ema"]["cluster_size"], new["vq_ema"]["embed_sum"], 1e-5)
-  z_e = _vectors(out["z_e"]).reshape(-1, D)
+  z_e = _vectors(out.stats["z_e"]).reshape(-1, D)
   restarted = np.asarray(new["vq_ema"]["embed_sum"][3] / new["vq_ema"]["cluster_size"][3])
   assert np.abs(z_e - restarted).max(axis=1).min() < 1e-6
   assert not np.allclose(after[3], before[3])
@@ -208,11 +215,11 @@ def test_dead_code_restart_moves_an_unused_code_to_an_encoder_output(dataset):
 
 
 def _run_steps(dataset, config, num_devices, tx, num_steps):
-  mesh = parallel.make_mesh(jax.devices()[:num_devices])
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
-  state = steps.init_state(model, tx, jax.random.key(0), dataset.image_shape, dataset.num_classes)
+  mesh = meshes.make_mesh(jax.devices()[:num_devices])
+  model = build_model(config.model, dataset.spec)
+  state = state_lib.init_state(model, tx, jax.random.key(0), dataset.spec)
   step = steps.make_train_step(model, tx, config, mesh)
-  batch = jax.device_put(dataset.train_stream(32, 0).batch(0), parallel.batch_sharded(mesh))
+  batch = jax.device_put(dataset.train_stream(32, 0).batch(0), meshes.batch_sharded(mesh))
   history = []
   for _ in range(num_steps):
     state, metrics = step(state, batch, jax.random.key(1))
@@ -233,11 +240,11 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(dataset):
 @pytest.mark.parametrize(
   "overrides",
   [
-    {"model.vq_codebook_update": "loss"},
+    {"model.vqvae.codebook_update": "loss"},
     {
-      "model.vq_codebook_update": "ema",
-      "model.vq_dead_code_restart": True,
-      "model.vq_dead_code_threshold": 0.99,
+      "model.vqvae.codebook_update": "ema",
+      "model.vqvae.dead_code_restart": True,
+      "model.vqvae.dead_code_threshold": 0.99,
     },
   ],
 )
@@ -256,9 +263,9 @@ def test_one_and_four_devices_give_the_same_params_and_codebook(dataset, overrid
 
 
 def test_restart_needs_the_ema_codebook():
-  config = _config(**{"model.vq_dead_code_restart": True})
-  with pytest.raises(config_checks.ConfigError, match="vq_dead_code_restart needs"):
-    config_checks.validate(config, 1)
+  config = _config(**{"model.vqvae.dead_code_restart": True})
+  with pytest.raises(ConfigError, match="model.vqvae.dead_code_restart needs"):
+    configuration.validate(config, 1)
 
 
 def test_mnist_vqvae_config_trains_end_to_end(dataset, tmp_path):
@@ -266,8 +273,8 @@ def test_mnist_vqvae_config_trains_end_to_end(dataset, tmp_path):
   config.update_from_flattened_dict(
     {
       "model.conv_features": (8, 16),
-      "model.vq_num_codes": 32,
-      "model.vq_code_dim": 8,
+      "model.vqvae.num_codes": 32,
+      "model.vqvae.code_dim": 8,
       "num_train_steps": 8,  # One epoch of the synthetic data: one evaluation and checkpoint.
       "log_every_steps": 4,
       "num_image_examples": 4,
@@ -278,12 +285,12 @@ def test_mnist_vqvae_config_trains_end_to_end(dataset, tmp_path):
     }
   )
   workdir = str(tmp_path)
-  results = train.train_and_evaluate(config, workdir, mesh=parallel.make_mesh(), dataset=dataset)
+  results = train.train_and_evaluate(config, workdir, mesh=meshes.make_mesh(), dataset=dataset)
   assert results == helpers.results(workdir)
   assert results["step"] == 8 and np.isfinite(results["eval_recon"])
   np.testing.assert_allclose(results["eval_kl"], 49 * math.log(32), rtol=1e-6)
-  perplexity = helpers.scalar_series(workdir, "train_perplexity")
+  perplexity = helpers.scalar_series(workdir, "train/perplexity")
   assert [s for s, _ in perplexity] == [4, 8]
   assert all(1 <= v <= 32 for _, v in perplexity)
   tags = helpers.event_tags(workdir)
-  assert {"train_codes_used_share", "reconstructions", "prior_samples", "traversals"} <= tags
+  assert {"train/codes_used_share", "reconstructions", "prior_samples", "traversals"} <= tags

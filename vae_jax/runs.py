@@ -1,72 +1,122 @@
-"""Reopens a finished (or running) training run for evaluation and tools.
+"""A run's files, and the one way to reopen a run.
 
-`load_run(workdir)` reads `<workdir>/config.json`, rebuilds the model and restores a checkpoint, so
-`vae_jax.evaluate` and `vae_jax.tools` see exactly what training saved.
+A workdir holds `config.json` (the run's config), `checkpoints/` (Orbax), `results.json` (written
+when training ends), `eval_history.jsonl` (one line per evaluation: training's every
+`eval_every_steps`, and each metric group `vae_jax.evaluate` computes), `eval/` (evaluate's
+results), `tools/` and TensorBoard events. `open_run(workdir)` reads the config (migrating older
+formats), rebuilds the model and restores a checkpoint, for `vae_jax.evaluate` and `vae_jax.tools`.
 """
 
 import dataclasses
 import json
 import os
 
-import flax.linen as nn
 import jax
 import ml_collections
 
-from vae_jax import optim, parallel, steps
-from vae_jax.checkpointing import Checkpointer, CheckpointError
+from vae_jax import configuration
 from vae_jax.data import Dataset, load_dataset
-from vae_jax.models import build_model
+from vae_jax.errors import CheckpointError, ConfigError
+from vae_jax.models import Model, build_model
+from vae_jax.training import mesh as meshes
+from vae_jax.training import optimizer
+from vae_jax.training.checkpoints import Checkpointer
+from vae_jax.training.keys import run_keys
+from vae_jax.training.state import init_state, variables
 
-EVAL_HISTORY = "eval_history.jsonl"
-
-
-@dataclasses.dataclass
-class Run:
-  """A restored run.
-
-  Attributes:
-    workdir: the run directory.
-    config: the run's config (from config.json).
-    model: the Flax model.
-    model_vars: its variables (`{'params': ..., **model_state}`) at `step`.
-    dataset: the run's dataset.
-    step: the restored checkpoint's step.
-  """
-
-  workdir: str
-  config: ml_collections.ConfigDict
-  model: nn.Module
-  model_vars: dict
-  dataset: Dataset
-  step: int
+CONFIG = "config.json"
+RESULTS = "results.json"
+HISTORY = "eval_history.jsonl"
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run was trained with.
+def write_json(path: str, value) -> None:
+  """Writes JSON atomically: readers see the old file or the whole new one, never a part."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f, indent=2)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def results_path(workdir: str) -> str:
+  """`<workdir>/results.json`."""
+  return os.path.join(workdir, RESULTS)
+
+
+def read_results(workdir: str) -> dict | None:
+  """The run's results.json, or None when training has not finished (or it is unreadable)."""
+  try:
+    with open(results_path(workdir)) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+def run_length(config: ml_collections.ConfigDict) -> dict[str, int]:
+  """How long the config asks the run to be, as recorded in results.json (`target`)."""
+  if config.num_train_steps > 0:
+    return {"num_train_steps": int(config.num_train_steps)}
+  return {"num_epochs": int(config.num_epochs)}
+
+
+def load_config(workdir: str, overrides: dict | None = None) -> ml_collections.ConfigDict:
+  """The config a run was trained with, in today's format, with flat `overrides` applied.
 
   Raises:
     CheckpointError: the workdir has no config.json (it is not a training run).
   """
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, CONFIG)
   if not os.path.exists(path):
     raise CheckpointError(f"{workdir} is not a training run: {path} does not exist.")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    config = ml_collections.ConfigDict(configuration.migrate(json.load(f)))
+  if overrides:
+    config.update_from_flattened_dict(overrides)
+  return config
 
 
-def record_eval(workdir: str, step: int, metrics: dict) -> None:
-  """Appends one evaluation's loss to the run's history (used to find the best checkpoint)."""
-  with open(os.path.join(workdir, EVAL_HISTORY), "a") as f:
-    f.write(json.dumps({"step": step, "eval_loss": float(metrics["loss"])}) + "\n")
+def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes `config.json`, refusing to reuse a workdir made by a different config.
+
+  Raises:
+    CheckpointError: the workdir's config.json differs in a field that changes the run.
+  """
+  path = os.path.join(workdir, CONFIG)
+  if os.path.exists(path):
+    old = configuration.flatten(load_config(workdir))
+    changed = configuration.changed_fields(old, configuration.flatten(config))
+    if changed:
+      raise CheckpointError(
+        f"{workdir} holds a run with a different config ({', '.join(changed)}); "
+        "use another --workdir or the original config."
+      )
+  os.makedirs(workdir, exist_ok=True)
+  write_json(path, json.loads(config.to_json_best_effort()))
+
+
+def append_history(workdir: str, record: dict) -> None:
+  """Appends one evaluation record to the run's `eval_history.jsonl`."""
+  with open(os.path.join(workdir, HISTORY), "a") as f:
+    f.write(json.dumps(record) + "\n")
+
+
+def read_history(workdir: str) -> list[dict]:
+  """Every record of the run's `eval_history.jsonl`, oldest first."""
+  path = os.path.join(workdir, HISTORY)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
 
 
 def _best_step(workdir: str, saved: list[int]) -> int:
-  path = os.path.join(workdir, EVAL_HISTORY)
-  history = []
-  if os.path.exists(path):
-    with open(path) as f:
-      history = [json.loads(line) for line in f if line.strip()]
-  candidates = [h for h in history if h["step"] in saved]
+  """The saved step whose training evaluation had the lowest loss."""
+  candidates = [
+    h
+    for h in read_history(workdir)
+    if "metric" not in h and "eval_loss" in h and h["step"] in saved
+  ]
   if not candidates:
     raise CheckpointError(f"{workdir} has no evaluated checkpoint to call best; use --checkpoint.")
   return min(candidates, key=lambda h: h["eval_loss"])["step"]
@@ -91,41 +141,77 @@ def resolve_step(workdir: str, checkpoint: str, saved: list[int]) -> int:
   return int(checkpoint)
 
 
-def load_run(
+@dataclasses.dataclass
+class Run:
+  """A reopened run.
+
+  Attributes:
+    workdir: the run directory.
+    config: the run's config (from config.json).
+    model: the model.
+    dataset: the run's dataset.
+    step: the chosen checkpoint's step.
+    model_vars: its variables (`{'params': ..., **model_state}`) at `step`; None until restored.
+  """
+
+  workdir: str
+  config: ml_collections.ConfigDict
+  model: Model
+  dataset: Dataset
+  step: int
+  model_vars: dict | None = None
+
+
+def open_run(
   workdir: str,
   checkpoint: str = "latest",
   *,
-  mesh: jax.sharding.Mesh | None = None,
+  overrides: dict | None = None,
   dataset: Dataset | None = None,
-  config_overrides: dict | None = None,
+  mesh: jax.sharding.Mesh | None = None,
+  restore: bool = True,
 ) -> Run:
-  """Restores a run's model and variables from its Orbax checkpoint.
+  """Reopens a run: its config, dataset, model and checkpoint, restored unless `restore=False`.
 
   Args:
     workdir: the run directory (written by `vae_jax.main`).
-    checkpoint: 'latest', 'best' (lowest recorded eval loss) or a step number.
-    mesh: where the variables go (replicated); default all local devices.
+    checkpoint: 'latest', 'best' (lowest training eval loss) or a step number.
+    overrides: flat {'data.manual_dir': ...} changes that do not alter the model (e.g. where the
+      data lives on this machine).
     dataset: the dataset; default `load_dataset(config.data)`.
-    config_overrides: flat {'data.manual_dir': ...} changes that do not alter the model (e.g. where
-      the data lives on this machine).
+    mesh: where the variables go (replicated); default all local devices.
+    restore: False stops before restoring (enough to check what a command may ask of the run).
 
   Raises:
     CheckpointError: the workdir is not a run, has no such checkpoint, or it cannot be restored.
   """
-  config = load_config(workdir)
-  if config_overrides:
-    config.update_from_flattened_dict(config_overrides)
+  fixed = sorted(set(overrides or {}) - set(configuration.RESUMABLE_CHANGES))
+  if fixed:
+    raise ConfigError(
+      f"--config.{fixed[0]} would change what {workdir} was trained with; a run's evaluation and "
+      f"tools may change only {', '.join(configuration.RESUMABLE_CHANGES)}."
+    )
+  config = load_config(workdir, overrides)
+  configuration.resolve(config)
   ckpt = Checkpointer(workdir, config.keep_checkpoints)
-  step = resolve_step(workdir, checkpoint, ckpt.all_steps())
-  dataset = dataset or load_dataset(config.data)
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
-  tx, _ = optim.make_optimizer(config.optimizer, max(step, 1))
-  mesh = mesh or parallel.make_mesh()
-  state = jax.jit(
-    lambda r: steps.init_state(model, tx, r, dataset.image_shape, dataset.num_classes),
-    out_shardings=parallel.replicated(mesh),
-  )(jax.random.key(0))
-  state = ckpt.restore(state, step)
+  step = resolve_step(workdir, str(checkpoint), ckpt.all_steps())
   ckpt.close()
-  model_vars = steps.variables(state.params, state.model_state)
-  return Run(workdir, config, model, model_vars, dataset, step)
+  dataset = dataset or load_dataset(config.data)
+  run = Run(workdir, config, build_model(config.model, dataset.spec), dataset, step)
+  return restore_run(run, mesh) if restore else run
+
+
+def restore_run(run: Run, mesh: jax.sharding.Mesh | None = None) -> Run:
+  """`run` with the variables of its checkpoint, replicated over `mesh` (default all devices)."""
+  config, model, spec = run.config, run.model, run.dataset.spec
+  tx, _ = optimizer.make_optimizer(
+    config.optimizer, max(run.step, 1), model.param_optimizers(config.model)
+  )
+  mesh = mesh or meshes.make_mesh()
+  state = jax.jit(lambda r: init_state(model, tx, r, spec), out_shardings=meshes.replicated(mesh))(
+    run_keys(config.seed)["init"]
+  )
+  ckpt = Checkpointer(run.workdir, config.keep_checkpoints)
+  state = ckpt.restore(state, run.step)
+  ckpt.close()
+  return dataclasses.replace(run, model_vars=variables(state.params, state.model_state))

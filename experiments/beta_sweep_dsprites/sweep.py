@@ -7,7 +7,7 @@ this experiment's 2-core CPU budget; the members' configs are exactly beta_sweep
 import ml_collections
 
 from configs import beta_sweep
-from vae_jax import sweeps
+from vae_jax.sweep import spec
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -15,6 +15,6 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   return beta_sweep.get_config(variant)
 
 
-def get_sweep() -> list[sweeps.Overrides]:
+def get_sweep() -> list[spec.Overrides]:
   """The 6 members: beta varies slowest."""
-  return sweeps.product({"objective.beta": [1.0, 4.0, 16.0]}, seed=[0, 1])
+  return spec.product({"objective.beta": [1.0, 4.0, 16.0]}, seed=[0, 1])

@@ -17,7 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vae_jax import likelihood, parallel, runs  # noqa: E402
+from vae_jax import runs  # noqa: E402
+from vae_jax.evaluation import likelihood  # noqa: E402
+from vae_jax.training import mesh as meshes  # noqa: E402
 
 KS = (1, 10, 100, 1000)
 
@@ -25,11 +27,11 @@ KS = (1, 10, 100, 1000)
 def curve(workdir: str, manual_dir: str | None, num_examples: int) -> list[float]:
   """IW-NLL in nats for each k in `KS` on the first `num_examples` test images."""
   overrides = {"data.manual_dir": manual_dir} if manual_dir else None
-  run = runs.load_run(workdir, config_overrides=overrides)
+  run = runs.open_run(workdir, overrides=overrides)
   images = run.dataset.test_images[:num_examples]
   labels = None if run.dataset.test_labels is None else run.dataset.test_labels[:num_examples]
   rng = likelihood.evaluation_key(run.config.seed)
-  mesh = parallel.make_mesh()
+  mesh = meshes.make_mesh()
   log_p = [
     likelihood.log_likelihoods(
       run.model,

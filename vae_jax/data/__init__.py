@@ -42,6 +42,6 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     train_images, train_labels, test_images, test_labels, tfds_images.num_classes(builder)
   )
   exclude = tuple(config.get("exclude_labels", ()))
-  if exclude and train_labels is not None:  # config_checks.validate_for_data rejects the rest.
+  if exclude and train_labels is not None:  # configuration.validate_for_data rejects the rest.
     dataset = dataset.without_train_labels(exclude)
   return dataset

@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from vae_jax.data.pipeline import eval_batches
+from vae_jax.data.spec import DataSpec
 
 TRAIN_STREAM, TEST_STREAM = 0, 1
 
@@ -87,6 +88,11 @@ class GroundTruthDataset:
   def image_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of one image."""
     return tuple(self.data.image_shape)
+
+  @property
+  def spec(self) -> DataSpec:
+    """The facts a model needs; the grid's size is the number of training examples."""
+    return DataSpec(self.image_shape, self.num_classes, self.data.num_combinations)
 
   def train_stream(self, batch_size: int, seed: int) -> GroundTruthStream:
     """The deterministic training stream for a global batch size and seed."""

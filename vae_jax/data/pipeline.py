@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from vae_jax.data.spec import DataSpec
+
 
 class EpochSampler:
   """Shuffles the examples anew each epoch (from `[seed, epoch]`) and walks them in batches.
@@ -50,6 +52,11 @@ class ArrayDataset:
   def image_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of one image."""
     return tuple(self.train_images.shape[1:])
+
+  @property
+  def spec(self) -> DataSpec:
+    """The facts a model needs: image shape, classes, training examples."""
+    return DataSpec(self.image_shape, self.num_classes, len(self.train_images))
 
   def without_train_labels(self, labels: Sequence[int]) -> "ArrayDataset":
     """A copy whose training split lacks the examples of `labels`; the test split is unchanged.

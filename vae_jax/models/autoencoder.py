@@ -2,13 +2,15 @@
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
+import ml_collections
 
-from vae_jax.models.bodies import Head
+from vae_jax.data.spec import DataSpec
+from vae_jax.models.base import Model, ModelOutput, Posterior
+from vae_jax.models.bodies import Head, build_bodies
 
 
-class Autoencoder(nn.Module):
-  """x -> z = f(x) -> decoder output; trained on reconstruction alone.
+class Autoencoder(Model):
+  """x -> z = f(x) -> decoder output; trained on reconstruction alone (no prior, no density).
 
   Attributes:
     encoder: body mapping x to features.
@@ -22,21 +24,27 @@ class Autoencoder(nn.Module):
   latent_dim: int
   init_scheme: str = "flax"
 
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "Autoencoder":
+    """The autoencoder of `config.model`'s bodies and latent size."""
+    encoder, decoder = build_bodies(config, data.image_shape)
+    return cls(encoder, decoder, config.latent_dim, init_scheme=config.init_scheme)
+
   def setup(self):  # noqa: D102
     self.code_head = Head(self.latent_dim, self.init_scheme)
 
-  def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Returns the code z, [batch, latent_dim]."""
+  def encode(self, x: jax.Array, y: jax.Array | None = None) -> Posterior:
+    """The code z, [batch, latent_dim], as the posterior's (point) mean."""
     del y
-    return self.code_head(self.encoder(x))
+    return Posterior(self.code_head(self.encoder(x)))
 
-  def decode(self, z: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Returns the decoder output of the image's shape."""
+  def decode(self, z: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    """The decoder output of the image's shape."""
     del y
     return self.decoder(z)
 
-  def __call__(self, x: jnp.ndarray, keys: jax.Array, y: jnp.ndarray | None = None) -> dict:
+  def __call__(self, x: jax.Array, keys: jax.Array, y: jax.Array | None = None) -> ModelOutput:
     """Encodes and decodes; `keys` is accepted for a uniform interface and unused."""
     del keys
-    z = self.encode(x)
-    return {"out": self.decode(z), "z": z}
+    z = self.encode(x).mean
+    return ModelOutput(out=self.decode(z), z=z)

@@ -14,10 +14,12 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from vae_jax.models.upconv import UpConv
 
 INITS = ("flax", "pytorch")
+ARCHS = ("mlp", "conv")
 
 
 def _uniform(bound: float):
@@ -182,3 +184,23 @@ class SpatialConvDecoder(nn.Module):
     for f in reversed(self.features[:-1]):
       h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
     return _up(self.output_shape[-1], self.kernel_size, h, self.init_scheme)(h)
+
+
+def build_bodies(
+  config: ml_collections.ConfigDict, image_shape: Sequence[int]
+) -> tuple[nn.Module, nn.Module]:
+  """The (encoder, decoder) bodies named by `config.arch` (`config` is `config.model`)."""
+  if config.arch == "mlp":
+    return (
+      MLPEncoder(tuple(config.hidden_sizes), config.init_scheme),
+      MLPDecoder(tuple(config.hidden_sizes), tuple(image_shape), config.init_scheme),
+    )
+  if config.arch == "conv":
+    conv = dict(
+      features=tuple(config.conv_features),
+      kernel_size=config.conv_kernel_size,
+      dense_sizes=tuple(config.dense_sizes),
+      init_scheme=config.init_scheme,
+    )
+    return ConvEncoder(**conv), ConvDecoder(**conv, output_shape=tuple(image_shape))
+  raise ValueError(f"Unknown model.arch {config.arch!r}; choose one of {ARCHS}.")

@@ -25,18 +25,13 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from vae_jax import objectives
-from vae_jax.models.bodies import Head, dense
-
-
-def gaussian_kl(
-  mu_q: jnp.ndarray, logvar_q: jnp.ndarray, mu_p: jnp.ndarray, logvar_p: jnp.ndarray
-) -> jnp.ndarray:
-  """KL(N(mu_q, exp(logvar_q)) || N(mu_p, exp(logvar_p))) per dimension."""
-  return 0.5 * (
-    logvar_p - logvar_q + (jnp.exp(logvar_q) + jnp.square(mu_q - mu_p)) * jnp.exp(-logvar_p) - 1.0
-  )
+from vae_jax.data.spec import DataSpec
+from vae_jax.errors import require
+from vae_jax.losses.distributions import gaussian_kl, gaussian_log_density
+from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
+from vae_jax.models.bodies import Head, build_bodies, dense
 
 
 def precision_weighted(
@@ -59,7 +54,7 @@ class _Hidden(nn.Module):
     return nn.relu(dense(self.features, h, self.init_scheme, name="Dense_0")(h))
 
 
-class HVAE(nn.Module):
+class HVAE(Model):
   """Ladder VAE with `len(latent_dims)` >= 2 stochastic layers.
 
   Attributes:
@@ -73,12 +68,45 @@ class HVAE(nn.Module):
     init_scheme: initialisation of the dense layers ('flax' or 'pytorch', see `bodies`).
   """
 
+  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True)
+
   encoder: nn.Module
   decoder: nn.Module
   latent_dims: Sequence[int]
   hidden_size: int
   learn_sigma: bool = False
   init_scheme: str = "flax"
+
+  @classmethod
+  def family_config(cls) -> ml_collections.ConfigDict:
+    """lower_dims: sizes of z_0 .. z_{L-2} (bottom first; model.latent_dim is the top layer).
+
+    hidden: the Dense+ReLU width of each bottom-up step and prior network.
+    """
+    return ml_collections.ConfigDict({"lower_dims": (64,), "hidden": 256})
+
+  @classmethod
+  def validate(cls, config: ml_collections.ConfigDict) -> None:
+    """At least one lower layer; every size >= 1."""
+    c = config.model.hvae
+    require(
+      len(c.lower_dims) >= 1 and all(d >= 1 for d in c.lower_dims),
+      f"model.hvae.lower_dims={tuple(c.lower_dims)} must name >= 1 layer sizes, each >= 1.",
+    )
+    require(c.hidden >= 1, f"model.hvae.hidden={c.hidden} must be >= 1.")
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "HVAE":
+    """The ladder VAE of `config.model`: layers `hvae.lower_dims` below a `latent_dim` top."""
+    encoder, decoder = build_bodies(config, data.image_shape)
+    return cls(
+      encoder,
+      decoder,
+      latent_dims=(*config.hvae.lower_dims, config.latent_dim),
+      hidden_size=config.hvae.hidden,
+      learn_sigma=config.likelihood == "gaussian_learned",
+      init_scheme=config.init_scheme,
+    )
 
   def setup(self):  # noqa: D102
     if len(self.latent_dims) < 2:
@@ -107,10 +135,10 @@ class HVAE(nn.Module):
     mu, logvar = jnp.split(self.prior_heads[i](self.down[i](z_above)), 2, axis=-1)
     return mu, logvar
 
-  def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> Posterior:
     """Mean and log-variance of the top layer's posterior q(z_{L-1}|x), each [batch, d_top]."""
     del y
-    return self._bottom_up(x)[-1]
+    return Posterior(*self._bottom_up(x)[-1])
 
   def _decode_layers(self, zs: list[jnp.ndarray]) -> jnp.ndarray:
     """Decoder output given every layer's z, bottom first."""
@@ -124,7 +152,7 @@ class HVAE(nn.Module):
       zs.insert(0, self.prior(i, zs[0])[0])
     return self._decode_layers(zs)
 
-  def __call__(self, x: jnp.ndarray, keys: jax.Array, y: jnp.ndarray | None = None) -> dict:
+  def __call__(self, x: jnp.ndarray, keys: jax.Array, y: jnp.ndarray | None = None) -> ModelOutput:
     """Bottom-up pass, then samples every layer top-down from one key per example, and decodes.
 
     Args:
@@ -133,9 +161,9 @@ class HVAE(nn.Module):
       y: ignored (the model is unconditional).
 
     Returns:
-      Dict with decoder output `out`, the top layer's sample `z` and posterior `mu`, `logvar`, the
-      analytic `kl_per_dim` (all layers, top first), the joint `log_q_z` and `log_p_z` [batch],
-      `extra_terms` with `kl_layer_<i>` [batch], and `log_sigma` when the noise is learned.
+      The decoder output, the top layer's sample `z`, the analytic `kl_per_dim` (all layers, top
+      first), the joint `log_q_z` and `log_p_z` [batch], `extra_terms` with `kl_layer_<i>`
+      [batch], and the top layer's posterior `mu`, `logvar` in `stats`.
     """
     del y
     dims, top = self.latent_dims, len(self.latent_dims) - 1
@@ -152,21 +180,18 @@ class HVAE(nn.Module):
         mu_q, logvar_q = precision_weighted(*up[i], mu_p, logvar_p)
       zs[i] = mu_q + jnp.exp(0.5 * logvar_q) * eps[:, offsets[i] : offsets[i] + dims[i]]
       kls[i] = gaussian_kl(mu_q, logvar_q, mu_p, logvar_p)
-      log_q = log_q + objectives.gaussian_log_density(zs[i], mu_q, logvar_q)
-      log_p = log_p + objectives.gaussian_log_density(zs[i], mu_p, logvar_p)
-    outputs = {
-      "out": self._decode_layers(zs),
-      "z": zs[top],
-      "mu": up[top][0],
-      "logvar": up[top][1],
-      "kl_per_dim": jnp.concatenate(kls[::-1], axis=-1),
-      "log_q_z": log_q,
-      "log_p_z": log_p,
-      "extra_terms": {f"kl_layer_{i}": kl.sum(axis=-1) for i, kl in enumerate(kls)},
-    }
-    if self.learn_sigma:
-      outputs["log_sigma"] = self.log_sigma
-    return outputs
+      log_q = log_q + gaussian_log_density(zs[i], mu_q, logvar_q)
+      log_p = log_p + gaussian_log_density(zs[i], mu_p, logvar_p)
+    return ModelOutput(
+      out=self._decode_layers(zs),
+      z=zs[top],
+      kl_per_dim=jnp.concatenate(kls[::-1], axis=-1),
+      log_q_z=log_q,
+      log_p_z=log_p,
+      log_sigma=self.log_sigma if self.learn_sigma else None,
+      extra_terms={f"kl_layer_{i}": kl.sum(axis=-1) for i, kl in enumerate(kls)},
+      stats={"mu": up[top][0], "logvar": up[top][1]},
+    )
 
   def generate(
     self, rng: jax.Array, num: int, y: jnp.ndarray | None = None, temperature: float = 1.0

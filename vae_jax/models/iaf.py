@@ -16,13 +16,17 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from vae_jax import objectives
-from vae_jax.models.bodies import Head
+from vae_jax.data.spec import DataSpec
+from vae_jax.errors import require
+from vae_jax.losses import distributions
+from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
+from vae_jax.models.bodies import Head, build_bodies
 from vae_jax.models.made import IAFFlow
 
 
-class IAFVAE(nn.Module):
+class IAFVAE(Model):
   """q(z|x) = IAF flow of N(mu, diag(exp(logvar))), p(z) = N(0, I), p(x|z) from the decoder.
 
   Attributes:
@@ -36,6 +40,8 @@ class IAFVAE(nn.Module):
     init_scheme: initialisation of the encoder head ('flax' or 'pytorch', see `bodies`).
   """
 
+  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True)
+
   encoder: nn.Module
   decoder: nn.Module
   latent_dim: int
@@ -44,6 +50,38 @@ class IAFVAE(nn.Module):
   context_dim: int = 0
   learn_sigma: bool = False
   init_scheme: str = "flax"
+
+  @classmethod
+  def family_config(cls) -> ml_collections.ConfigDict:
+    """steps: IAF steps K; hidden_sizes: each MADE's layers; context_dim: h's size (0: none)."""
+    return ml_collections.ConfigDict({"steps": 2, "hidden_sizes": (320, 320), "context_dim": 32})
+
+  @classmethod
+  def validate(cls, config: ml_collections.ConfigDict) -> None:
+    """At least one step and one hidden layer; sizes >= 1, context >= 0."""
+    c = config.model.iaf
+    require(c.steps >= 1, f"model.iaf.steps={c.steps} must be >= 1.")
+    require(
+      len(c.hidden_sizes) >= 1 and all(h >= 1 for h in c.hidden_sizes),
+      f"model.iaf.hidden_sizes={tuple(c.hidden_sizes)} must name >= 1 sizes, each >= 1.",
+    )
+    require(c.context_dim >= 0, f"model.iaf.context_dim={c.context_dim} must be >= 0.")
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "IAFVAE":
+    """The IAF-posterior VAE of `config.model` and `config.model.iaf`."""
+    encoder, decoder = build_bodies(config, data.image_shape)
+    c = config.iaf
+    return cls(
+      encoder,
+      decoder,
+      config.latent_dim,
+      num_steps=c.steps,
+      made_hidden_sizes=tuple(c.hidden_sizes),
+      context_dim=c.context_dim,
+      learn_sigma=config.likelihood == "gaussian_learned",
+      init_scheme=config.init_scheme,
+    )
 
   def setup(self):  # noqa: D102
     self.posterior_head = Head(2 * self.latent_dim + self.context_dim, self.init_scheme)
@@ -58,18 +96,18 @@ class IAFVAE(nn.Module):
     context = params[:, 2 * d :] if self.context_dim else None
     return params[:, :d], params[:, d : 2 * d], context
 
-  def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
+  def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> Posterior:
     """(z_K at zero noise, base log-variance), each [batch, latent_dim] (see the module doc)."""
     del y
     mu, logvar, context = self.base_posterior(x)
-    return self.flow(mu, context)[0], logvar
+    return Posterior(self.flow(mu, context)[0], logvar)
 
   def decode(self, z: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns the decoder output (likelihood parameters) of the image's shape."""
     del y
     return self.decoder(z)
 
-  def __call__(self, x: jnp.ndarray, keys: jax.Array, y: jnp.ndarray | None = None) -> dict:
+  def __call__(self, x: jnp.ndarray, keys: jax.Array, y: jnp.ndarray | None = None) -> ModelOutput:
     """Samples z_0 from the base Gaussian (one key per example), applies the flow, decodes.
 
     Args:
@@ -78,27 +116,21 @@ class IAFVAE(nn.Module):
       y: ignored (the model is unconditional).
 
     Returns:
-      Dict with decoder output `out`, the flow's sample `z`, the base `z0`, `mu`, `logvar`, the
-      sample's `log_q_z` (including the flow's log-determinant) and `log_p_z` [batch], and
-      `log_sigma` when the observation noise is learned.
+      The decoder output, the flow's sample `z`, the sample's `log_q_z` (including the flow's
+      log-determinant) and `log_p_z` [batch]; `stats` holds the base `z0`, `mu` and `logvar`.
     """
     del y
     mu, logvar, context = self.base_posterior(x)
-    eps = jax.vmap(lambda k: jax.random.normal(k, (self.latent_dim,), mu.dtype))(keys)
-    z0 = mu + jnp.exp(0.5 * logvar) * eps
+    z0 = distributions.reparameterize(mu, logvar, keys)
     z, log_det = self.flow(z0, context)
-    outputs = {
-      "out": self.decoder(z),
-      "z": z,
-      "z0": z0,
-      "mu": mu,
-      "logvar": logvar,
-      "log_q_z": objectives.gaussian_log_density(z0, mu, logvar) - log_det,
-      "log_p_z": objectives.standard_normal_log_density(z),
-    }
-    if self.learn_sigma:
-      outputs["log_sigma"] = self.log_sigma
-    return outputs
+    return ModelOutput(
+      out=self.decoder(z),
+      z=z,
+      log_q_z=distributions.gaussian_log_density(z0, mu, logvar) - log_det,
+      log_p_z=distributions.standard_normal_log_density(z),
+      log_sigma=self.log_sigma if self.learn_sigma else None,
+      stats={"z0": z0, "mu": mu, "logvar": logvar},
+    )
 
   def generate(
     self, rng: jax.Array, num: int, y: jnp.ndarray | None = None, temperature: float = 1.0

@@ -1,14 +1,17 @@
-"""Gaussian-posterior VAE, optionally conditioned on a class label (CVAE)."""
+"""Gaussian-posterior VAE (Kingma & Welling 2014), and its class-conditional form (CVAE)."""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from vae_jax import objectives
-from vae_jax.models.bodies import Head
+from vae_jax.data.spec import DataSpec
+from vae_jax.losses import distributions
+from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
+from vae_jax.models.bodies import Head, build_bodies
 
 
-class VAE(nn.Module):
+class VAE(Model):
   """q(z|x) = N(mu, diag(exp(logvar))), p(z) = N(0, I), p(x|z) given by the decoder output.
 
   Attributes:
@@ -20,6 +23,8 @@ class VAE(nn.Module):
     init_scheme: initialisation of the head ('flax' or 'pytorch', see `bodies`).
   """
 
+  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True)
+
   encoder: nn.Module
   decoder: nn.Module
   latent_dim: int
@@ -27,28 +32,33 @@ class VAE(nn.Module):
   learn_sigma: bool = False
   init_scheme: str = "flax"
 
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "VAE":
+    """The VAE of `config.model` (the shared body, latent and likelihood fields)."""
+    return cls(**vae_kwargs(config, data.image_shape))
+
   def setup(self):  # noqa: D102
     self.posterior_head = Head(2 * self.latent_dim, self.init_scheme)
     if self.learn_sigma:
       self.log_sigma = self.param("log_sigma", nn.initializers.zeros, ())
 
-  def _cond(self, y: jnp.ndarray | None) -> jnp.ndarray | None:
+  def _cond(self, y: jax.Array | None) -> jax.Array | None:
     if not self.num_classes:
       return None
     if y is None:
       raise ValueError("A conditional model needs labels y.")
     return jax.nn.one_hot(y, self.num_classes)
 
-  def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Returns the posterior mean and log-variance, each [batch, latent_dim]."""
+  def encode(self, x: jax.Array, y: jax.Array | None = None) -> Posterior:
+    """The posterior mean and log-variance, each [batch, latent_dim]."""
     mu, logvar = jnp.split(self.posterior_head(self.encoder(x, self._cond(y))), 2, axis=-1)
-    return mu, logvar
+    return Posterior(mu, logvar)
 
-  def decode(self, z: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:
-    """Returns the decoder output (likelihood parameters) of the image's shape."""
+  def decode(self, z: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    """The decoder output (likelihood parameters) of the image's shape."""
     return self.decoder(z, self._cond(y))
 
-  def __call__(self, x: jnp.ndarray, keys: jax.Array, y: jnp.ndarray | None = None) -> dict:
+  def __call__(self, x: jax.Array, keys: jax.Array, y: jax.Array | None = None) -> ModelOutput:
     """Encodes, samples z = mu + sigma * eps with eps drawn from one key per example, decodes.
 
     Args:
@@ -57,29 +67,48 @@ class VAE(nn.Module):
       y: integer labels [batch] (conditional models only).
 
     Returns:
-      Dict with decoder output `out`, posterior `mu`, `logvar`, the sample `z`, the analytic
-      `kl_per_dim`, the sample's `log_q_z` and `log_p_z` [batch], and `log_sigma` when the
-      observation noise is learned.
+      The decoder output, the sample z, the analytic KL per dimension, the sample's log q(z|x)
+      and log p(z); `stats` holds the posterior `mu` and `logvar`.
     """
-    mu, logvar = self.encode(x, y)
-    eps = jax.vmap(lambda k: jax.random.normal(k, (self.latent_dim,), mu.dtype))(keys)
-    z = mu + jnp.exp(0.5 * logvar) * eps
-    outputs = {
-      "out": self.decode(z, y),
-      "mu": mu,
-      "logvar": logvar,
-      "z": z,
-      "kl_per_dim": objectives.kl_standard_normal(mu, logvar),
-      "log_q_z": objectives.gaussian_log_density(z, mu, logvar),
-      "log_p_z": objectives.standard_normal_log_density(z),
-    }
-    if self.learn_sigma:
-      outputs["log_sigma"] = self.log_sigma
-    return outputs
+    posterior = self.encode(x, y)
+    mu, logvar = posterior.mean, posterior.logvar
+    z = distributions.reparameterize(mu, logvar, keys)
+    return ModelOutput(
+      out=self.decode(z, y),
+      z=z,
+      kl_per_dim=distributions.kl_standard_normal(mu, logvar),
+      log_q_z=distributions.gaussian_log_density(z, mu, logvar),
+      log_p_z=distributions.standard_normal_log_density(z),
+      log_sigma=self.log_sigma if self.learn_sigma else None,
+      stats={"mu": mu, "logvar": logvar},
+    )
 
   def generate(
-    self, rng: jax.Array, num: int, y: jnp.ndarray | None = None, temperature: float = 1.0
-  ) -> jnp.ndarray:
+    self, rng: jax.Array, num: int, y: jax.Array | None = None, temperature: float = 1.0
+  ) -> jax.Array:
     """Decoder outputs of `num` draws z ~ N(0, temperature^2 I) from the prior."""
     z = temperature * jax.random.normal(rng, (num, self.latent_dim))
     return self.decode(z, y)
+
+
+class CVAE(VAE):
+  """The VAE conditioned on the class label (Sohn et al. 2015): y joins encoder and decoder."""
+
+  capabilities = Capabilities(conditional=True, density=True, prior=True, gaussian_posterior=True)
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "CVAE":
+    """The conditional VAE of `config.model` for a dataset with `data.num_classes` labels."""
+    return cls(**vae_kwargs(config, data.image_shape), num_classes=data.num_classes)
+
+
+def vae_kwargs(config: ml_collections.ConfigDict, image_shape) -> dict:
+  """The `VAE` fields every Gaussian-posterior family shares, from `config.model`."""
+  encoder, decoder = build_bodies(config, image_shape)
+  return dict(
+    encoder=encoder,
+    decoder=decoder,
+    latent_dim=config.latent_dim,
+    learn_sigma=config.likelihood == "gaussian_learned",
+    init_scheme=config.init_scheme,
+  )

@@ -33,7 +33,11 @@ import jax.numpy as jnp
 import ml_collections
 from jax import lax
 
+from vae_jax.collectives import Collectives
+from vae_jax.data.spec import DataSpec
+from vae_jax.errors import require, require_choice
 from vae_jax.models import bodies
+from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
 
 CODEBOOK_UPDATES = ("loss", "ema")
 EMA_COLLECTION = "vq_ema"
@@ -124,7 +128,7 @@ def _sum_squares(v: jnp.ndarray) -> jnp.ndarray:
   return jnp.sum(jnp.square(v), axis=(1, 2))
 
 
-class VQVAE(nn.Module):
+class VQVAE(Model):
   """Vector-quantised autoencoder with a uniform prior over codes.
 
   Attributes:
@@ -145,6 +149,8 @@ class VQVAE(nn.Module):
     init_scheme: initialisation of the MLP head ('flax' or 'pytorch', see `bodies`).
   """
 
+  capabilities = Capabilities(prior=True, batch_loss=True, mutable=(EMA_COLLECTION,))
+
   encoder: nn.Module
   decoder: nn.Module
   latent_shape: tuple[int, ...]
@@ -157,6 +163,49 @@ class VQVAE(nn.Module):
   dead_code_restart: bool = False
   dead_code_threshold: float = 0.05
   init_scheme: str = "flax"
+
+  @classmethod
+  def family_config(cls) -> ml_collections.ConfigDict:
+    """The codebook, its update rule and dead-code restarts (see the attributes)."""
+    return ml_collections.ConfigDict(
+      {
+        "num_codes": 512,
+        "code_dim": 64,
+        "commitment_cost": 0.25,
+        "codebook_update": "loss",
+        "ema_decay": 0.99,
+        "ema_epsilon": 1e-5,
+        "dead_code_restart": False,
+        "dead_code_threshold": 0.05,
+      }
+    )
+
+  @classmethod
+  def validate(cls, config: ml_collections.ConfigDict) -> None:
+    """Sizes >= 1, a known update rule, decay in [0, 1), restarts only with 'ema'."""
+    c = config.model.vqvae
+    for field in ("num_codes", "code_dim"):
+      require(c[field] >= 1, f"model.vqvae.{field}={c[field]} must be >= 1.")
+    require_choice(c.codebook_update, CODEBOOK_UPDATES, "model.vqvae.codebook_update")
+    require(
+      c.commitment_cost >= 0, f"model.vqvae.commitment_cost={c.commitment_cost} must be >= 0."
+    )
+    require(0 <= c.ema_decay < 1, f"model.vqvae.ema_decay={c.ema_decay} must be in [0, 1).")
+    require(c.ema_epsilon > 0, f"model.vqvae.ema_epsilon={c.ema_epsilon} must be > 0.")
+    require(
+      c.dead_code_threshold >= 0,
+      f"model.vqvae.dead_code_threshold={c.dead_code_threshold} must be >= 0.",
+    )
+    require(
+      not c.dead_code_restart or c.codebook_update == "ema",
+      "model.vqvae.dead_code_restart needs model.vqvae.codebook_update='ema' (restarts use EMA "
+      "usage).",
+    )
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "VQVAE":
+    """A VQ-VAE from `config.model`: 'conv' gives a code grid, 'mlp' gives `latent_dim` codes."""
+    return build(config, data.image_shape)
 
   def setup(self):  # noqa: D102
     k, d = self.num_codes, self.code_dim
@@ -203,10 +252,10 @@ class VQVAE(nn.Module):
   def _unflatten(self, z: jnp.ndarray) -> jnp.ndarray:
     return jnp.swapaxes(z.reshape(z.shape[0], self.code_dim, self.num_latents), 1, 2)
 
-  def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:
+  def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> Posterior:
     """The continuous encoder output z_e, flattened channel-major to [batch, D * L]."""
     del y
-    return _flatten(self._encode_vectors(x))
+    return Posterior(_flatten(self._encode_vectors(x)))
 
   def decode(self, z: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:
     """Quantizes flattened vectors z [batch, D * L] to their nearest codes and decodes them."""
@@ -215,7 +264,7 @@ class VQVAE(nn.Module):
     v = self._unflatten(z)
     return self._decode_vectors(codebook[nearest_codes(v, codebook)])
 
-  def __call__(self, x: jnp.ndarray, keys: jax.Array, y: jnp.ndarray | None = None) -> dict:
+  def __call__(self, x: jnp.ndarray, keys: jax.Array, y: jnp.ndarray | None = None) -> ModelOutput:
     """Encodes, quantizes (straight-through), decodes; the EMA codebook learns when mutable.
 
     Args:
@@ -224,10 +273,10 @@ class VQVAE(nn.Module):
       y: unused.
 
     Returns:
-      Dict with decoder output `out`, the quantized codes `z` and encoder output `z_e` (both
-      [batch, D * L]), `code_usage` [batch, K] (each example's share of positions per code),
-      `kl_per_dim` = log K per position [batch, L], and `extra_terms` with `aux_loss`,
-      `commitment_loss` and (codebook_update='loss') `codebook_loss`, each [batch].
+      The decoder output, the quantized codes `z` [batch, D * L], `kl_per_dim` = log K per
+      position [batch, L], `extra_terms` with `aux_loss`, `commitment_loss` and
+      (codebook_update='loss') `codebook_loss`, each [batch]; `stats` holds the encoder output
+      `z_e` [batch, D * L] and `code_usage` [batch, K] (each example's share of positions per code).
     """
     del keys, y
     z_e = self._encode_vectors(x)
@@ -257,16 +306,21 @@ class VQVAE(nn.Module):
       extra["aux_loss"] = commitment + extra["codebook_loss"]
     z = z_e + lax.stop_gradient(z_q - z_e)
     batch = x.shape[0]
-    return {
-      "out": self._decode_vectors(z),
-      "z": _flatten(z),
-      "z_e": _flatten(z_e),
-      "code_usage": onehot.mean(axis=1),
-      "kl_per_dim": jnp.full((batch, self.num_latents), math.log(self.num_codes), z_e.dtype),
-      "extra_terms": extra,
-    }
+    return ModelOutput(
+      out=self._decode_vectors(z),
+      z=_flatten(z),
+      kl_per_dim=jnp.full((batch, self.num_latents), math.log(self.num_codes), z_e.dtype),
+      extra_terms=extra,
+      stats={"z_e": _flatten(z_e), "code_usage": onehot.mean(axis=1)},
+    )
 
-  def batch_loss(self, outputs: dict, collectives, rng: jax.Array) -> tuple[float, dict]:
+  def batch_loss(
+    self,
+    outputs: ModelOutput,
+    collectives: Collectives,
+    rng: jax.Array,
+    mask: jax.Array | None = None,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """No extra loss; codebook statistics of the global batch and, optionally, code restarts.
 
     Logs `perplexity` (exp of the entropy of the global batch's code shares) and
@@ -274,12 +328,17 @@ class VQVAE(nn.Module):
     only, when the EMA collection is mutable, i.e. in training) the per-device EMA statistics are
     first averaged over devices (the global update), then dead codes move to encoder outputs
     drawn with `rng` from the gathered global batch: the same on every device and for any device
-    count.
+    count. Padding rows (mask 0, evaluation only) are left out of the code shares.
     """
-    usage = collectives.mean(jnp.mean(outputs["code_usage"], axis=0))
+    code_usage = outputs.stats["code_usage"]
+    if mask is None:
+      usage = collectives.mean(jnp.mean(code_usage, axis=0))
+    else:
+      count = collectives.mean(jnp.sum(mask))
+      usage = collectives.mean(jnp.tensordot(mask, code_usage, axes=1)) / count
     metrics = {"perplexity": perplexity(usage), "codes_used_share": jnp.mean(usage > 0)}
     if self.dead_code_restart and self.is_mutable_collection(EMA_COLLECTION):
-      candidates = self._unflatten(collectives.gather(lax.stop_gradient(outputs["z_e"])))
+      candidates = self._unflatten(collectives.gather(lax.stop_gradient(outputs.stats["z_e"])))
       sizes, sums, restarted = restart_dead_codes(
         collectives.mean(self.cluster_size.value),
         collectives.mean(self.embed_sum.value),
@@ -289,7 +348,7 @@ class VQVAE(nn.Module):
       )
       self.cluster_size.value, self.embed_sum.value = sizes, sums
       metrics["codes_restarted"] = restarted.astype(jnp.float32)
-    return 0.0, metrics
+    return jnp.zeros((), code_usage.dtype), metrics
 
   def generate(
     self, rng: jax.Array, num: int, y: jnp.ndarray | None = None, temperature: float = 1.0
@@ -305,7 +364,8 @@ class VQVAE(nn.Module):
 
 def build(config: ml_collections.ConfigDict, image_shape: Sequence[int]) -> VQVAE:
   """A VQ-VAE from `config.model`: 'conv' gives a code grid, 'mlp' gives `latent_dim` codes."""
-  d = config.vq_code_dim
+  vq = config.vqvae
+  d = vq.code_dim
   if config.arch == "conv":
     features = tuple(config.conv_features)
     scale = 2 ** len(features)
@@ -324,13 +384,13 @@ def build(config: ml_collections.ConfigDict, image_shape: Sequence[int]) -> VQVA
     encoder,
     decoder,
     latent_shape,
-    num_codes=config.vq_num_codes,
+    num_codes=vq.num_codes,
     code_dim=d,
-    commitment_cost=config.vq_commitment_cost,
-    codebook_update=config.vq_codebook_update,
-    ema_decay=config.vq_ema_decay,
-    ema_epsilon=config.vq_ema_epsilon,
-    dead_code_restart=config.vq_dead_code_restart,
-    dead_code_threshold=config.vq_dead_code_threshold,
+    commitment_cost=vq.commitment_cost,
+    codebook_update=vq.codebook_update,
+    ema_decay=vq.ema_decay,
+    ema_epsilon=vq.ema_epsilon,
+    dead_code_restart=vq.dead_code_restart,
+    dead_code_threshold=vq.dead_code_threshold,
     init_scheme=config.init_scheme,
   )

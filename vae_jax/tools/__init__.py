@@ -7,9 +7,9 @@ TensorBoard there) and returns their paths under `files`. `COMMANDS` maps CLI na
 """
 
 from vae_jax.tools import anomaly, generation, latent_map, reconstruction
-from vae_jax.tools.common import ToolError, describe_run, open_run, restore
+from vae_jax.tools.common import ToolError, open_run, restore_run
 
-__all__ = ["COMMANDS", "ToolError", "describe_run", "open_run", "restore"]
+__all__ = ["COMMANDS", "ToolError", "open_run", "restore_run"]
 
 COMMANDS = {
   command.name: (command, run)

@@ -7,14 +7,17 @@ is restored or compiled.
 """
 
 import dataclasses
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from vae_jax import cli
 
 _ABSL_FLAGS = set(flags.FLAGS)
 flags.DEFINE_string("workdir", None, "The training run (written by vae_jax.main).")
 flags.DEFINE_string("checkpoint", "latest", "'latest', 'best' (lowest eval loss) or a step.")
-flags.DEFINE_string("manual_dir", None, "Where the dataset's raw files are on this machine.")
+flags.DEFINE_string(
+  "manual_dir", None, "Where the raw data files are here (same as --config.data.manual_dir)."
+)
 flags.DEFINE_integer("seed", None, "Seed of the tool's randomness; default the run's config.seed.")
 flags.DEFINE_string("out", None, "Output file stem in RUN/tools; default the command's name.")
 # Command options; None means the command's default.
@@ -52,7 +55,7 @@ def _options(name: str, command) -> dict:
     if not FLAGS[flag].present:
       continue
     if flag not in fields:
-      sys.exit(f"error: {name} does not take --{flag}; it takes {sorted(fields)}.")
+      cli.fail(f"{name} does not take --{flag}; it takes {sorted(fields)}.")
     given[flag] = FLAGS[flag].value
   return given
 
@@ -74,34 +77,34 @@ def _print(result: dict) -> None:
     print(f"wrote {path}")
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
   """Checks the command and its options against the run, restores it and runs the tool."""
   from vae_jax import tools
-  from vae_jax.checkpointing import CheckpointError
-  from vae_jax.config_checks import ConfigError
-  from vae_jax.data import DataError
 
   if len(argv) != 2 or argv[1] not in tools.COMMANDS:
     got = " ".join(argv[1:]) or "nothing"
-    sys.exit(f"error: expected one command of {', '.join(tools.COMMANDS)}; got {got}.")
+    cli.fail(f"expected one command of {', '.join(tools.COMMANDS)}; got {got}.")
   if not FLAGS.workdir:
-    sys.exit("error: --workdir=RUN is required.")
+    cli.fail("--workdir=RUN is required.")
   command, run_command = tools.COMMANDS[argv[1]]
   options = _options(argv[1], command)
   logging.set_verbosity(logging.WARNING)
-  try:
-    import tensorflow as tf
-
-    tf.config.set_visible_devices([], "GPU")  # TF only reads data; keep it off JAX's GPUs.
-    run = tools.describe_run(FLAGS.workdir, FLAGS.checkpoint, manual_dir=FLAGS.manual_dir)
-    command.parse(run, options)
-    run = tools.restore(run)
-    result = run_command(run, **options)
-  except (tools.ToolError, CheckpointError, ConfigError, DataError) as e:
-    sys.exit(f"error: {e}")
+  cli.hide_gpus_from_tensorflow()
+  overrides = (
+    {"data.manual_dir": FLAGS.manual_dir} if FLAGS.manual_dir else {}
+  ) | cli.run_overrides()
+  run = tools.open_run(FLAGS.workdir, FLAGS.checkpoint, overrides=overrides, restore=False)
+  command.parse(run, options)
+  run = tools.restore_run(run)
+  result = run_command(run, **options)
   print(f"{argv[1]}: {run.workdir} at step {run.step}")
   _print(result)
 
 
+def run() -> None:
+  """Console-script entry point (`vae-jax-tools`)."""
+  cli.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

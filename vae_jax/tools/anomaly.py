@@ -1,15 +1,12 @@
 """Anomaly scores of test examples: -ELBO or the importance-weighted NLL, and a held-out ROC-AUC."""
 
-import copy
 import dataclasses
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score
 
-from vae_jax import objectives, parallel, runs, steps
+from vae_jax import runs
 from vae_jax.tools import common
 from vae_jax.tools.common import require
 
@@ -53,7 +50,7 @@ def check_anomaly(run: runs.Run, o: AnomalyOptions) -> None:
   if o.score == "iw_nll":
     common.check_positive(o.iw_samples, "--iw_samples")
     require(
-      "log_q_z" in common.forward_output_names(run),
+      run.model.capabilities.density,
       f"--score=iw_nll needs a model that reports log q(z|x) and log p(z); "
       f"model.name={run.config.model.name!r} does not. Use --score=elbo.",
     )
@@ -66,60 +63,16 @@ def check_anomaly(run: runs.Run, o: AnomalyOptions) -> None:
 ANOMALY = common.Command("anomaly", AnomalyOptions, check_anomaly, "anomaly")
 
 
-def _elbo_config(run: runs.Run):
-  config = copy.deepcopy(run.config)
-  config.objective.estimator = "elbo"  # One posterior sample with the model's own KL.
-  return config
-
-
 def scores(run: runs.Run, o: AnomalyOptions, images, labels) -> np.ndarray:
   """Per-example anomaly score in nats: -ELBO or -log mean_s w_s over `iw_samples` samples.
 
   Example i uses keys fold_in(tool key, i), as the trainer's evaluation does with its own key.
   """
-  model, config = run.model, _elbo_config(run)
   key = common.tool_key(run, o.seed, f"anomaly_{o.score}")
-  labels = None if labels is None or not run.dataset.num_classes else labels
-
-  def batch_of(img, y, idx):
-    return {"image": img, **({} if y is None else {"label": y})}, parallel.index_keys(key, idx)
-
+  inference = common.inference(run)
   if o.score == "elbo":
-
-    @jax.jit
-    def neg_elbo(model_vars, img, y, idx):
-      batch, keys = batch_of(img, y, idx)
-      terms, _ = steps.forward_terms(
-        model, model_vars["params"], batch, keys, config, _state(model_vars)
-      )
-      return -terms["elbo"]
-
-    return common.batched(
-      lambda img, y, idx: neg_elbo(run.model_vars, img, y, idx),
-      images,
-      labels,
-      np.arange(len(images)),
-    )
-
-  chunk = min(IW_CHUNK, o.iw_samples)
-
-  @jax.jit
-  def log_weights(model_vars, img, y, idx, sample_ids):
-    batch, keys = batch_of(img, y, idx)
-    return steps.importance_log_weights(model, model_vars, batch, keys, config, sample_ids).T
-
-  def iw_nll(img, y, idx):
-    parts = []
-    for start in range(0, o.iw_samples, chunk):
-      ids = jnp.arange(start, start + chunk)
-      parts.append(log_weights(run.model_vars, img, y, idx, ids)[:, : o.iw_samples - start])
-    return -objectives.logmeanexp(jnp.concatenate(parts, axis=1), axis=1)
-
-  return common.batched(iw_nll, images, labels, np.arange(len(images)), batch_size=200)
-
-
-def _state(model_vars: dict) -> dict:
-  return {k: v for k, v in model_vars.items() if k != "params"}
+    return -inference.elbo_terms(images, labels, key)["elbo"]
+  return -inference.log_likelihoods(images, labels, key, o.iw_samples, IW_CHUNK)
 
 
 def _histogram(all_scores: np.ndarray, positive: np.ndarray | None, title: str) -> Figure:

@@ -5,33 +5,29 @@ CLI runs it before anything is restored or compiled) and `run_<command>(run, **o
 """
 
 import dataclasses
-import functools
-import json
 import os
 import zlib
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import matplotlib
 import numpy as np
 from clu import metric_writers
 from matplotlib.figure import Figure
 from PIL import Image
 
-from vae_jax import model_fns, parallel, runs
-from vae_jax.checkpointing import Checkpointer
-from vae_jax.data import Dataset, load_dataset
-from vae_jax.data.preprocess import preprocess
-from vae_jax.models import CONDITIONAL_MODELS, build_model
+from vae_jax import runs
+from vae_jax.data import Dataset
+from vae_jax.errors import UserError
+from vae_jax.evaluation.inference import Inference
+from vae_jax.training import mesh as meshes
 
 matplotlib.use("Agg")
 
 TOOLS_DIR = "tools"
-BATCH_SIZE = 500  # Examples per jitted call; every call has this shape (the last batch is padded).
 
 
-class ToolError(ValueError):
+class ToolError(UserError, ValueError):
   """A tool cannot do what was asked of this run; the message says why and what to do instead."""
 
 
@@ -54,52 +50,27 @@ class Options:
   out: str | None = None
 
 
-def describe_run(
-  workdir: str,
-  checkpoint: str = "latest",
-  *,
-  manual_dir: str | None = None,
-  dataset: Dataset | None = None,
-) -> runs.Run:
-  """A run's config, dataset, model and checkpoint step, without restoring its variables.
-
-  Enough to check a tool's options; `model_vars` is None until `restore`.
-
-  Raises:
-    CheckpointError: the workdir is not a run or has no such checkpoint.
-  """
-  config = runs.load_config(workdir)
-  if manual_dir:
-    config.data.manual_dir = manual_dir
-  ckpt = Checkpointer(workdir, config.keep_checkpoints)
-  step = runs.resolve_step(workdir, str(checkpoint), ckpt.all_steps())
-  ckpt.close()
-  dataset = dataset or load_dataset(config.data)
-  model = build_model(config.model, dataset.image_shape, dataset.num_classes)
-  return runs.Run(workdir, config, model, None, dataset, step)
-
-
-def restore(run: runs.Run) -> runs.Run:
-  """Restores the variables of a `describe_run` result onto one device."""
-  overrides = {"data.manual_dir": run.config.data.manual_dir} if run.config.data.manual_dir else {}
-  return runs.load_run(
-    run.workdir,
-    str(run.step),
-    mesh=parallel.make_mesh(jax.local_devices()[:1]),
-    dataset=run.dataset,
-    config_overrides=overrides,
-  )
-
-
 def open_run(
   workdir: str,
   checkpoint: str = "latest",
   *,
-  manual_dir: str | None = None,
+  overrides: dict | None = None,
   dataset: Dataset | None = None,
+  restore: bool = True,
 ) -> runs.Run:
-  """`describe_run` and `restore` in one: a run ready for any `run_<command>`."""
-  return restore(describe_run(workdir, checkpoint, manual_dir=manual_dir, dataset=dataset))
+  """`runs.open_run` with the variables on one device (the tools' inputs are small)."""
+  run = runs.open_run(workdir, checkpoint, overrides=overrides, dataset=dataset, restore=False)
+  return restore_run(run) if restore else run
+
+
+def restore_run(run: runs.Run) -> runs.Run:
+  """Restores the variables of an `open_run(..., restore=False)` result onto one device."""
+  return runs.restore_run(run, meshes.make_mesh(jax.local_devices()[:1]))
+
+
+def inference(run: runs.Run) -> Inference:
+  """The run's jitted model calls (see `evaluation.inference`)."""
+  return Inference(run.model, run.model_vars, run.config, meshes.make_mesh(jax.local_devices()[:1]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +114,7 @@ def has_labels(run: runs.Run) -> bool:
 
 def is_conditional(run: runs.Run) -> bool:
   """Whether the model takes a label (a CVAE)."""
-  return run.config.model.name in CONDITIONAL_MODELS
+  return run.model.capabilities.conditional
 
 
 def check_class(run: runs.Run, label: int, flag: str) -> None:
@@ -164,31 +135,7 @@ def check_positive(value, flag: str) -> None:
   require(value >= 1, f"{flag}={value} must be >= 1.")
 
 
-def _abstract_call(run: runs.Run, method: str | None):
-  """Output shapes of one of the model's methods on a batch of 2, traced without compiling."""
-  model, ds = run.model, run.dataset
-  x = jnp.zeros((2, *ds.image_shape), jnp.float32)
-  y = jnp.zeros((2,), jnp.int32) if ds.num_classes else None
-
-  def call(key):
-    if method == "encode":
-      return model.init_with_output(key, x, y, method=model.encode)[0]
-    return model.init_with_output(key, x, jax.random.split(key, 2), y)[0]
-
-  return jax.eval_shape(call, jax.random.key(run.config.seed))
-
-
-def has_gaussian_posterior(run: runs.Run) -> bool:
-  """Whether `encode` returns `(mu, logvar)` (a VAE) rather than a point code."""
-  return isinstance(_abstract_call(run, "encode"), tuple)
-
-
-def forward_output_names(run: runs.Run) -> set[str]:
-  """The names of the model's forward-pass outputs (e.g. whether it reports `log_q_z`)."""
-  return set(_abstract_call(run, None))
-
-
-# Keys, inputs and batched model calls.
+# Keys and inputs.
 
 
 def tool_key(run: runs.Run, seed: int | None, command: str) -> jax.Array:
@@ -207,105 +154,6 @@ def split_arrays(run: runs.Run, split: str) -> tuple[np.ndarray, np.ndarray | No
     f"{run.config.data.name} has no stored training split (it is sampled); use the test split.",
   )
   return ds.train_images, ds.train_labels if ds.num_classes else None
-
-
-def _binarization(run: runs.Run) -> tuple[str, float]:
-  d = run.config.data
-  return ("threshold" if d.binarize == "threshold" else "none"), float(d.binarize_threshold)
-
-
-def inputs(run: runs.Run, images) -> jnp.ndarray:
-  """uint8 images as the model sees them: [0, 1] floats, thresholded if the run thresholds.
-
-  Dynamically binarized runs get the intensities (the mean of their Bernoulli inputs).
-  """
-  return preprocess(jnp.asarray(images), None, *_binarization(run))
-
-
-def model_labels(run: runs.Run, labels) -> jnp.ndarray | None:
-  """The labels to pass the model: the labels for a conditional model, None otherwise."""
-  return jnp.asarray(labels, jnp.int32) if is_conditional(run) and labels is not None else None
-
-
-def batched(fn: Callable, *arrays, batch_size: int = BATCH_SIZE):
-  """Applies `fn` to equal-length arrays (None passes through) in fixed-size batches.
-
-  Returns the outputs (a pytree of arrays) concatenated back to the arrays' length, as numpy.
-  """
-  n = len(arrays[0])
-  size = min(batch_size, n)
-  parts = []
-  for start in range(0, n, size):
-    idx = np.minimum(np.arange(start, start + size), n - 1)
-    out = fn(*(None if a is None else np.asarray(a)[idx] for a in arrays))
-    keep = min(size, n - start)
-    parts.append(jax.tree.map(lambda v, keep=keep: np.asarray(v)[:keep], out))
-  return jax.tree.map(lambda *vs: np.concatenate(vs), *parts)
-
-
-# Jitted once per (model, static settings): the model is a hashable, unbound Flax module.
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _encode(model, model_vars, images, y, binarize, threshold):
-  code = model.apply(
-    model_vars, preprocess(images, None, binarize, threshold), y, method=model.encode
-  )
-  return {"mu": code[0], "logvar": code[1]} if isinstance(code, tuple) else {"mu": code}
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4, 5))
-def _posterior_mean(model, model_vars, images, y, binarize, threshold):
-  x = preprocess(images, None, binarize, threshold)
-  return model_fns.posterior_mean(model, model_vars, x, y)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _decode_mean(model, model_vars, z, y, likelihood):
-  return model_fns.decode_mean(model, model_vars, z, likelihood, y)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _reconstruct(model, model_vars, x, y, likelihood):
-  return model_fns.reconstruct(model, model_vars, x, likelihood, y)
-
-
-def encode(run: runs.Run, images, labels=None) -> dict[str, np.ndarray]:
-  """Posterior `mu` (the code of an autoencoder) and, for a Gaussian posterior, `logvar`."""
-  binarize = _binarization(run)
-  return batched(
-    lambda img, y: _encode(run.model, run.model_vars, img, y, *binarize),
-    images,
-    model_labels(run, labels),
-  )
-
-
-def posterior_means(run: runs.Run, images, labels=None) -> np.ndarray:
-  """`model_fns.posterior_mean` of uint8 images, in batches."""
-  binarize = _binarization(run)
-  return batched(
-    lambda img, y: _posterior_mean(run.model, run.model_vars, img, y, *binarize),
-    images,
-    model_labels(run, labels),
-  )
-
-
-def decode(run: runs.Run, z, labels=None) -> np.ndarray:
-  """`model_fns.decode_mean` of latents, in batches: images in [0, 1]."""
-  likelihood = run.config.model.likelihood
-  return batched(
-    lambda zz, y: _decode_mean(run.model, run.model_vars, zz, y, likelihood),
-    z,
-    model_labels(run, labels),
-  )
-
-
-def reconstruct(run: runs.Run, x, labels=None) -> np.ndarray:
-  """`model_fns.reconstruct` of float inputs in [0, 1], in batches."""
-  likelihood = run.config.model.likelihood
-  return batched(
-    lambda xx, y: _reconstruct(run.model, run.model_vars, xx, y, likelihood),
-    x,
-    model_labels(run, labels),
-  )
 
 
 # Output files.
@@ -382,8 +230,7 @@ class Outputs:
   def save_json(self, data: dict, suffix: str = "") -> str:
     """Writes a JSON file; returns the path."""
     path = self.path("json", suffix)
-    with open(path, "w") as f:
-      json.dump(data, f, indent=2)
+    runs.write_json(path, data)
     return path
 
   def save_npz(self, suffix: str = "", **arrays) -> str:

@@ -2,13 +2,13 @@
 
 import dataclasses
 
-import jax
 import numpy as np
 
-from vae_jax import model_fns, objectives, runs
+from vae_jax import runs
+from vae_jax.evaluation.images import image_grid
+from vae_jax.losses.distributions import kl_standard_normal
 from vae_jax.tools import common
 from vae_jax.tools.common import require
-from vae_jax.visualize import image_grid
 
 MODES = ("linear", "slerp", "both")
 KL_EXAMPLES = 1000  # Test examples whose mean KL per dimension orders the traversal rows.
@@ -50,7 +50,7 @@ class SampleOptions(common.Options):
 def check_sample(run: runs.Run, o: SampleOptions) -> None:
   """Checks sample's options against the run."""
   require(
-    model_fns.has_prior(run.model),
+    run.model.capabilities.prior,
     f"model.name={run.config.model.name!r} has no prior to sample from (an autoencoder); "
     "use reconstruct, interpolate or traverse.",
   )
@@ -65,7 +65,6 @@ def check_sample(run: runs.Run, o: SampleOptions) -> None:
 
 
 SAMPLE = common.Command("sample", SampleOptions, check_sample, "sample")
-_prior_samples = jax.jit(model_fns.prior_samples, static_argnums=(0, 3, 4))
 
 
 def run_sample(run: runs.Run, **options) -> dict:
@@ -77,15 +76,7 @@ def run_sample(run: runs.Run, **options) -> dict:
     k = run.dataset.num_classes
     labels = np.full(o.num, o.label) if o.label is not None else np.arange(o.num) % k
     ncol = ncol if o.label is not None else min(k, o.num)
-  images = _prior_samples(
-    run.model,
-    run.model_vars,
-    key,
-    o.num,
-    run.config.model.likelihood,
-    common.model_labels(run, labels),
-    o.temperature,
-  )
+  images = common.inference(run).prior_samples(key, o.num, labels, o.temperature)
   with SAMPLE.outputs(run, o) as out:
     out.save_image(image_grid(np.asarray(images), ncol))
   return {"files": out.files, "images": np.asarray(images), "labels": labels}
@@ -124,15 +115,16 @@ def run_interpolate(run: runs.Run, **options) -> dict:
   images, labels = common.split_arrays(run, "test")
   idx = np.array([o.index_a, o.index_b])
   ends_labels = None if labels is None else labels[idx]
-  mu = common.posterior_means(run, images[idx], ends_labels)
+  mu = common.inference(run).posterior_means(images[idx], ends_labels)
   t = np.linspace(0.0, 1.0, o.steps)
   path_labels = None if labels is None else np.where(t < 0.5, ends_labels[0], ends_labels[1])
   modes = ("linear", "slerp") if o.mode == "both" else (o.mode,)
   paths = {"linear": lerp, "slerp": slerp}
   decoded = {
-    m: common.decode(run, paths[m](mu[0], mu[1], t).astype(np.float32), path_labels) for m in modes
+    m: common.inference(run).decode(paths[m](mu[0], mu[1], t).astype(np.float32), path_labels)
+    for m in modes
   }
-  x = np.asarray(common.inputs(run, images[idx]))
+  x = np.asarray(common.inference(run).inputs(images[idx]))
   rows = [np.concatenate([x[:1], decoded[m], x[1:]]) for m in modes]
   with INTERPOLATE.outputs(run, o) as out:
     out.save_image(image_grid(np.concatenate(rows), ncol=o.steps + 2))
@@ -180,10 +172,10 @@ def kl_per_dim(run: runs.Run) -> np.ndarray | None:
   """Mean KL(q(z_j|x) || N(0, 1)) per dimension over test examples; None without a Gaussian q."""
   images, labels = common.split_arrays(run, "test")
   n = min(KL_EXAMPLES, len(images))
-  post = common.encode(run, images[:n], None if labels is None else labels[:n])
-  if "logvar" not in post:
+  post = common.inference(run).encode(images[:n], None if labels is None else labels[:n])
+  if post.logvar is None:
     return None
-  return np.asarray(objectives.kl_standard_normal(post["mu"], post["logvar"])).mean(axis=0)
+  return np.asarray(kl_standard_normal(post.mean, post.logvar)).mean(axis=0)
 
 
 def run_traverse(run: runs.Run, **options) -> dict:
@@ -194,7 +186,7 @@ def run_traverse(run: runs.Run, **options) -> dict:
   o = TRAVERSE.parse(run, options)
   images, labels = common.split_arrays(run, "test")
   label = None if labels is None else labels[o.index : o.index + 1]
-  mu = common.posterior_means(run, images[o.index : o.index + 1], label)[0]
+  mu = common.inference(run).posterior_means(images[o.index : o.index + 1], label)[0]
   dims = np.array(_dims(run, o.dims))
   kl = kl_per_dim(run)
   if kl is not None:
@@ -203,7 +195,7 @@ def run_traverse(run: runs.Run, **options) -> dict:
   z = np.tile(mu, (len(dims), o.steps, 1))
   z[np.arange(len(dims))[:, None], np.arange(o.steps)[None, :], dims[:, None]] = values
   z = z.reshape(-1, mu.shape[-1])
-  decoded = common.decode(run, z, None if label is None else np.repeat(label, len(z)))
+  decoded = common.inference(run).decode(z, None if label is None else np.repeat(label, len(z)))
   with TRAVERSE.outputs(run, o) as out:
     out.save_image(image_grid(decoded, ncol=o.steps))
   return {"files": out.files, "dims": dims.tolist(), "kl_per_dim": kl, "images": decoded}
@@ -241,7 +233,7 @@ ARITHMETIC = common.Command("arithmetic", ArithmeticOptions, check_arithmetic, "
 def class_means(run: runs.Run, classes) -> np.ndarray:
   """Mean posterior mean of the test examples of each class: [len(classes), latent_dim]."""
   images, labels = common.split_arrays(run, "test")
-  mu = common.posterior_means(run, images, labels)
+  mu = common.inference(run).posterior_means(images, labels)
   counts = [int((labels == k).sum()) for k in classes]
   missing = [k for k, n in zip(classes, counts, strict=True) if n == 0]
   require(not missing, f"the test split has no examples of class {missing}.")
@@ -254,7 +246,7 @@ def run_arithmetic(run: runs.Run, **options) -> dict:
   means = class_means(run, (o.a, o.b, o.c))
   result = means[0] - means[1] + means[2]
   latents = np.concatenate([means, result[None]])
-  decoded = common.decode(run, latents)
+  decoded = common.inference(run).decode(latents)
   with ARITHMETIC.outputs(run, o) as out:
     out.save_image(image_grid(decoded, ncol=4))
   return {"files": out.files, "latents": latents, "images": decoded}

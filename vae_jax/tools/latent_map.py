@@ -6,9 +6,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from vae_jax import runs
+from vae_jax.evaluation.images import image_grid
 from vae_jax.tools import common
 from vae_jax.tools.common import require
-from vae_jax.visualize import image_grid
 
 GRID_STEPS = 20
 GRID_LIMIT = 3.0
@@ -71,7 +71,7 @@ def decoded_grid(run: runs.Run, label: int | None) -> np.ndarray:
   z0, z1 = np.meshgrid(values, values[::-1])
   z = np.stack([z0.ravel(), z1.ravel()], axis=1)
   labels = None if label is None else np.full(len(z), label)
-  return image_grid(common.decode(run, z, labels), ncol=GRID_STEPS)
+  return image_grid(common.inference(run).decode(z, labels), ncol=GRID_STEPS)
 
 
 def run_latent_map(run: runs.Run, **options) -> dict:
@@ -83,7 +83,7 @@ def run_latent_map(run: runs.Run, **options) -> dict:
   o = LATENT_MAP.parse(run, options)
   images, labels = common.split_arrays(run, "test")
   n = min(o.num, len(images))
-  mu = common.posterior_means(run, images[:n], None if labels is None else labels[:n])
+  mu = common.inference(run).posterior_means(images[:n], None if labels is None else labels[:n])
   d = mu.shape[-1]
   notes = []
   if d == 2:

@@ -6,10 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import parallel, runs
+from vae_jax import runs
+from vae_jax.evaluation.images import image_grid
 from vae_jax.tools import common
 from vae_jax.tools.common import require
-from vae_jax.visualize import image_grid
+from vae_jax.training.keys import index_keys
 
 NOISES = ("gaussian", "salt_pepper")
 SPLITS = ("train", "test")
@@ -65,8 +66,8 @@ def run_reconstruct(run: runs.Run, **options) -> dict:
   """Inputs (top row) and their reconstructions (decoded posterior means, bottom row)."""
   o = RECONSTRUCT.parse(run, options)
   images, labels = common.split_arrays(run, "test")
-  x = np.asarray(common.inputs(run, images[: o.num]))
-  recon = common.reconstruct(run, x, None if labels is None else labels[: o.num])
+  x = np.asarray(common.inference(run).inputs(images[: o.num]))
+  recon = common.inference(run).reconstruct(x, None if labels is None else labels[: o.num])
   with RECONSTRUCT.outputs(run, o) as out:
     out.save_image(image_grid(np.concatenate([x, recon]), ncol=o.num))
   return {"files": out.files, "inputs": x, "images": recon, "psnr": float(psnr(x, recon).mean())}
@@ -109,12 +110,12 @@ def run_denoise(run: runs.Run, **options) -> dict:
   o = DENOISE.parse(run, options)
   images, labels = common.split_arrays(run, "test")
   n = min(max(o.num, o.num_eval), len(images))
-  clean = np.asarray(common.inputs(run, images[:n]))
-  keys = parallel.index_keys(common.tool_key(run, o.seed, "denoise"), jnp.arange(n))
+  clean = np.asarray(common.inference(run).inputs(images[:n]))
+  keys = index_keys(common.tool_key(run, o.seed, "denoise"), jnp.arange(n))
   noisy = np.asarray(corrupt(keys, jnp.asarray(clean), o.noise, o.level))
-  denoised = common.reconstruct(run, noisy, None if labels is None else labels[:n])
+  denoised = common.inference(run).reconstruct(noisy, None if labels is None else labels[:n])
   m = min(n, o.num_eval)
-  recon = common.reconstruct(run, clean[:m], None if labels is None else labels[:m])
+  recon = common.inference(run).reconstruct(clean[:m], None if labels is None else labels[:m])
   summary = {
     "noise": o.noise,
     "level": o.level,
@@ -161,7 +162,7 @@ def check_augment(run: runs.Run, o: AugmentOptions) -> None:
   common.check_positive(o.num_per_example, "--num_per_example")
   require(o.temperature >= 0, f"--temperature={o.temperature} must be >= 0.")
   require(
-    common.has_gaussian_posterior(run),
+    run.model.capabilities.gaussian_posterior,
     f"model.name={run.config.model.name!r} encodes to a point, not a distribution q(z|x) to "
     "draw from; augment needs a VAE.",
   )
@@ -180,15 +181,15 @@ def run_augment(run: runs.Run, **options) -> dict:
   images, labels = common.split_arrays(run, o.split)
   n = min(o.num, len(images))
   src_labels = None if labels is None else labels[:n]
-  post = common.encode(run, images[:n], src_labels)
+  post = common.inference(run).encode(images[:n], src_labels)
   source_index = np.repeat(np.arange(n), o.num_per_example)
-  keys = parallel.index_keys(common.tool_key(run, o.seed, f"augment_{o.split}"), jnp.arange(n))
-  shape = (o.num_per_example, post["mu"].shape[-1])
+  keys = index_keys(common.tool_key(run, o.seed, f"augment_{o.split}"), jnp.arange(n))
+  shape = (o.num_per_example, post.mean.shape[-1])
   eps = jax.vmap(lambda k: jax.random.normal(k, shape))(keys).reshape(-1, shape[-1])
-  sigma = np.exp(0.5 * post["logvar"][source_index])
-  z = post["mu"][source_index] + o.temperature * sigma * np.asarray(eps)
+  sigma = np.exp(0.5 * post.logvar[source_index])
+  z = post.mean[source_index] + o.temperature * sigma * np.asarray(eps)
   out_labels = None if src_labels is None else src_labels[source_index]
-  decoded = common.decode(run, z.astype(np.float32), out_labels)
+  decoded = common.inference(run).decode(z.astype(np.float32), out_labels)
   pixels = np.round(np.clip(decoded, 0, 1) * 255).astype(np.uint8)
   arrays = {"images": pixels, "source_index": source_index}
   if out_labels is not None:
@@ -196,7 +197,7 @@ def run_augment(run: runs.Run, **options) -> dict:
   rows = min(n, 8)
   preview = np.concatenate(
     [
-      np.concatenate([common.inputs(run, images[i : i + 1]), decoded[source_index == i]])
+      np.concatenate([common.inference(run).inputs(images[i : i + 1]), decoded[source_index == i]])
       for i in range(rows)
     ]
   )

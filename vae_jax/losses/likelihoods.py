@@ -1,0 +1,61 @@
+"""Reconstruction log-likelihoods log p(x|z) from a decoder's output, summed over pixels.
+
+`likelihood` names the observation model: `bernoulli` (decoder output = logits), `gaussian` (output
+= mean, fixed sigma) or `gaussian_learned` (output = mean, a learned global log-sigma).
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def _sum_pixels(v: jax.Array) -> jax.Array:
+  return v.reshape(v.shape[0], -1).sum(axis=-1)
+
+
+def bernoulli_log_likelihood(x: jax.Array, logits: jax.Array) -> jax.Array:
+  """log Bernoulli(x | sigmoid(logits)) summed over pixels, from logits (stable for any logit).
+
+  Also valid for x in [0, 1] (the "continuous Bernoulli-style" cross-entropy most VAE code uses).
+  """
+  return _sum_pixels(x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits))
+
+
+def gaussian_log_likelihood(x: jax.Array, mean: jax.Array, log_sigma) -> jax.Array:
+  """log N(x | mean, sigma^2 I) summed over pixels; `log_sigma` is a scalar or broadcastable."""
+  z = (x - mean) * jnp.exp(-log_sigma)
+  return _sum_pixels(-0.5 * z**2 - log_sigma - 0.5 * _LOG_2PI)
+
+
+def log_likelihood(
+  x: jax.Array,
+  out: jax.Array,
+  likelihood: str,
+  gaussian_sigma: float = 1.0,
+  log_sigma: jax.Array | None = None,
+) -> jax.Array:
+  """log p(x|z) per example for the decoder output `out`.
+
+  Args:
+    x: the (preprocessed) images.
+    out: the decoder output: logits (bernoulli) or means (gaussian).
+    likelihood: one of `LIKELIHOODS`.
+    gaussian_sigma: the fixed observation std of `gaussian`.
+    log_sigma: the model's learned log-std, for `gaussian_learned`.
+  """
+  if likelihood == "bernoulli":
+    return bernoulli_log_likelihood(x, out)
+  if likelihood == "gaussian":
+    return gaussian_log_likelihood(x, out, jnp.log(gaussian_sigma))
+  if likelihood == "gaussian_learned":
+    return gaussian_log_likelihood(x, out, log_sigma)
+  raise ValueError(f"Unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}.")
+
+
+def decoder_mean(out: jax.Array, likelihood: str) -> jax.Array:
+  """The mean of p(x|z) given the decoder output: what an image of the reconstruction shows."""
+  return jax.nn.sigmoid(out) if likelihood == "bernoulli" else out

@@ -1,0 +1,71 @@
+"""Orbax checkpoints of a run's train state in `<workdir>/checkpoints`."""
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from vae_jax.errors import CheckpointError
+
+
+class Checkpointer:
+  """Saves and restores the train state with an Orbax `CheckpointManager`.
+
+  Args:
+    workdir: the run directory; checkpoints go to `<workdir>/checkpoints`.
+    keep: how many most recent checkpoints to keep.
+  """
+
+  def __init__(self, workdir: str, keep: int):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    # Synchronous saves: these states are a few MB, and after an asynchronous save training on 2
+    # CPU cores ran ~12% slower for the rest of the run (mnist_mlp, 4.0 -> 4.5 ms per step).
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, enable_async_checkpointing=False
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    """The newest saved step, or None."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """All saved steps, oldest first."""
+    return sorted(self._manager.all_steps())
+
+  def restore(self, state: Any, step: int | None = None) -> Any:
+    """Restores `step` (default: latest) into the structure and shardings of `state`.
+
+    Raises:
+      CheckpointError: the checkpoint is unreadable or does not match the model.
+    """
+    step = self.latest_step() if step is None else step
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    try:
+      try:
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+      except ValueError:
+        if getattr(state, "model_state", None) != {}:
+          raise
+        # Written before TrainState had `model_state`; fine for models that have none.
+        fields = {k: getattr(abstract, k) for k in ("step", "params", "opt_state")}
+        restored = self._manager.restore(step, args=ocp.args.StandardRestore(fields))
+        return state.replace(**restored)
+    except Exception as e:
+      raise CheckpointError(
+        f"Checkpoint {self.directory}/{step} cannot be restored "
+        f"({type(e).__name__}: {str(e).splitlines()[0][:200]}). It was left untouched; move it "
+        "away to resume from an earlier one, or use another --workdir."
+      ) from e
+
+  def save(self, step: int, state: Any) -> None:
+    """Saves `state` as checkpoint `step`; a step that is already saved is skipped."""
+    if step in self._manager.all_steps():
+      return
+    self._manager.save(step, args=ocp.args.StandardSave(state))
+
+  def close(self) -> None:
+    """Waits for pending saves and releases the manager."""
+    self._manager.wait_until_finished()
+    self._manager.close()

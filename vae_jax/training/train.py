@@ -1,0 +1,160 @@
+"""A training run: `train_and_evaluate(config, workdir)`.
+
+Builds the state, steps and data stream of one run and drives them with `loop.run_loop`. Its
+collaborators (the device mesh and the dataset) can be passed as keyword arguments, which is how
+tests run it on a chosen set of devices or on synthetic data.
+"""
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+
+from vae_jax import configuration, runs
+from vae_jax.data import Dataset, load_dataset
+from vae_jax.evaluation import summaries
+from vae_jax.losses import elbo
+from vae_jax.models import Model, build_model
+from vae_jax.training import loop, optimizer, steps
+from vae_jax.training import mesh as meshes
+from vae_jax.training.checkpoints import Checkpointer
+from vae_jax.training.keys import run_keys
+from vae_jax.training.state import TrainState, init_state, variables
+
+
+def evaluate(
+  eval_step, model_vars: dict, dataset: Dataset, config, mesh, rng, step: int
+) -> dict[str, np.ndarray]:
+  """Per-example means of every objective term over the whole test split, and the loss at `step`.
+
+  The loss is the training objective at `step`: -recon plus the KL penalty (or -iwae), the
+  model's `aux_loss`, and its batch loss averaged over the eval batches.
+  """
+  batches = dataset.eval_batches(config.data.eval_batch_size)
+  totals = steps.sum_eval_batches(eval_step, model_vars, batches, mesh, rng)
+  count = totals.pop("count")
+  metrics = {k: v / count for k, v in totals.items()}
+  if config.objective.estimator == "iwae":
+    metrics["loss"] = -metrics["iwae"]
+  else:
+    kl_parts = metrics.get("kl_per_dim", np.atleast_1d(metrics["kl"]))
+    penalty, _ = elbo.kl_penalty(kl_parts, config.objective, step)
+    metrics["loss"] = -metrics["recon"] + float(penalty)
+  metrics["loss"] += metrics.get("aux_loss", 0.0) + metrics.get("batch_loss", 0.0)
+  return metrics
+
+
+def initial_state(model: Model, tx, config, dataset: Dataset, mesh, workdir: str) -> TrainState:
+  """The run's state: restored from its newest checkpoint, else initialised from `config.seed`."""
+  state = jax.jit(
+    lambda r: init_state(model, tx, r, dataset.spec), out_shardings=meshes.replicated(mesh)
+  )(run_keys(config.seed)["init"])
+  ckpt = Checkpointer(workdir, config.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state = ckpt.restore(state)
+    logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
+  ckpt.close()
+  return state
+
+
+class SingleRun:
+  """The `loop.Program` of one run on a data-parallel mesh."""
+
+  def __init__(self, config, workdir: str, dataset: Dataset, mesh, total_steps: int):
+    self.config, self.dataset, self.mesh = config, dataset, mesh
+    self.model = build_model(config.model, dataset.spec)
+    own = self.model.param_optimizers(config.model)
+    tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps, own)
+    self.keys = run_keys(config.seed)
+    self.state_ = initial_state(self.model, tx, config, dataset, mesh, workdir)
+    self.stream = dataset.train_stream(config.data.batch_size, config.seed)
+    self.steps_per_dispatch = config.steps_per_execution
+    if self.steps_per_dispatch == 1:
+      self._step = steps.make_train_step(self.model, tx, config, mesh)
+    else:
+      self._step = steps.make_multi_step(self.model, tx, config, mesh)
+    self._eval_step = steps.make_eval_step(self.model, config, mesh)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    checkpointer = Checkpointer(workdir, config.keep_checkpoints)
+    self.members = [loop.Member(workdir, config, writer, checkpointer, schedule)]
+
+  def train(self, start: int, end: int) -> dict:  # noqa: D102
+    if self.steps_per_dispatch == 1:
+      batch = jax.device_put(self.stream.batch(start), meshes.batch_sharded(self.mesh))
+      self.state_, metrics = self._step(self.state_, batch, self.keys["train"])
+      return metrics
+    batches = stacked_batches(self.stream, start, end, self.steps_per_dispatch)
+    batches = jax.device_put(batches, meshes.stacked_batch_sharded(self.mesh))
+    self.state_, metrics = self._step(self.state_, batches, self.keys["train"], end - start)
+    return metrics
+
+  def member_metrics(self, metrics: dict, i: int) -> dict:  # noqa: D102
+    del i
+    return metrics
+
+  def evaluate(self, i: int, step: int) -> tuple[dict, dict]:  # noqa: D102
+    del i
+    model_vars = variables(self.state_.params, self.state_.model_state)
+    metrics = evaluate(
+      self._eval_step, model_vars, self.dataset, self.config, self.mesh, self.keys["eval"], step
+    )
+    images = summaries.model_images(
+      self.model, model_vars, self.dataset, self.config, self.keys["sample"], self.mesh, metrics
+    )
+    return metrics, images
+
+  def state(self, i: int) -> TrainState:  # noqa: D102
+    del i
+    return self.state_
+
+  def block(self) -> None:  # noqa: D102
+    jax.block_until_ready(self.state_)
+
+
+def stacked_batches(stream, start: int, end: int, size: int) -> dict[str, np.ndarray]:
+  """The global batches of steps [start, end) stacked on a leading axis, padded to `size` rows."""
+  batches = [stream.batch(s) for s in range(start, end)]
+  batches += batches[-1:] * (size - len(batches))
+  return jax.tree.map(lambda *b: np.stack(b), *batches)
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  dataset: Dataset | None = None,
+) -> dict:
+  """Trains (resuming from the latest checkpoint in `workdir`), evaluates, writes results.json.
+
+  Args:
+    config: the run config (see configs/default.py).
+    workdir: where checkpoints, TensorBoard events, config.json and results.json go.
+    mesh: device mesh with a 'data' axis; default all local devices.
+    dataset: in-memory dataset; default `load_dataset(config.data)`.
+
+  Returns:
+    The final results (also written to `<workdir>/results.json`).
+  """
+  mesh = mesh or meshes.make_mesh()
+  configuration.resolve(config)
+  configuration.validate(config, mesh.size)
+  dataset = dataset or load_dataset(config.data)
+  configuration.validate_for_data(config, dataset.spec, config.data.name)
+  runs.save_config(config, workdir)
+  spe = dataset.train_stream(config.data.batch_size, config.seed).steps_per_epoch
+  total_steps = loop.num_train_steps(config, spe)
+  program = SingleRun(config, workdir, dataset, mesh, total_steps)
+  initial_step = int(program.state_.step)
+  writer = program.members[0].writer
+  if initial_step == 0:
+    writer.write_hparams(configuration.flatten(config) | {"num_devices": mesh.size})
+  logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
+  eval_metrics, train_time = loop.run_loop(
+    program, initial_step, total_steps, loop.intervals(config, spe)
+  )
+  results = loop.finish(
+    program, eval_metrics, total_steps, total_steps - initial_step, train_time, mesh.size
+  )
+  return results[0]

@@ -1,0 +1,234 @@
+"""Vectorized sweeps: members that share array shapes train as ONE jitted program.
+
+Members may differ only in `VECTORIZABLE` fields (seed, beta, KL schedule and capacity numbers,
+learning rate, weight decay). Their train states are stacked on a leading member axis and
+`steps.update` is `vmap`ped over members, with each member's differing fields passed as traced
+values; `jax.shard_map` maps that over a 2-D mesh whose 'member' axis spreads members over devices
+beside the 'data' axis that splits each member's batch. Each member still gets its own workdir with
+config.json, Orbax checkpoints (the same TrainState a single run saves), TensorBoard events,
+eval history and results.json, so `vae_jax.main`, `vae_jax.evaluate` and `vae_jax.tools` treat it
+like any other run. The periodic actions are `loop.run_loop`'s, the same as a single run's.
+"""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from vae_jax import configuration, runs
+from vae_jax.data import Dataset, load_dataset
+from vae_jax.errors import CheckpointError, ConfigError
+from vae_jax.evaluation import summaries
+from vae_jax.models import build_model
+from vae_jax.training import compile_options, loop, optimizer, steps, train
+from vae_jax.training import mesh as meshes
+from vae_jax.training.checkpoints import Checkpointer
+from vae_jax.training.keys import run_keys, step_keys
+from vae_jax.training.mesh import DATA_AXIS
+from vae_jax.training.state import variables
+
+MEMBER_AXIS = "member"
+VECTORIZABLE = (
+  "seed",
+  "objective.beta",
+  "objective.free_bits",
+  "objective.kl_warmup_steps",
+  "objective.kl_cycle_steps",
+  "objective.kl_cycle_ratio",
+  "objective.capacity_max",
+  "objective.capacity_steps",
+  "objective.capacity_gamma",
+  "optimizer.learning_rate",
+  "optimizer.weight_decay",
+)
+
+
+def member_hparams(configs: list[ml_collections.ConfigDict]) -> dict[str, np.ndarray]:
+  """The traced fields: {dotted key: float32 [members]} for every vectorizable key that differs.
+
+  Raises:
+    ConfigError: members differ in a field that changes shapes or code paths.
+  """
+  flats = [configuration.flatten(c) for c in configs]
+  differing = sorted(k for k in flats[0] if any(f.get(k) != flats[0][k] for f in flats[1:]))
+  fixed = [k for k in differing if k not in VECTORIZABLE]
+  if fixed:
+    raise ConfigError(
+      f"Cannot vectorize: members differ in {', '.join(fixed)}; only {', '.join(VECTORIZABLE)} "
+      "may differ. Run such members with --executor=local instead."
+    )
+  return {k: np.asarray([f[k] for f in flats], np.float32) for k in differing if k != "seed"}
+
+
+def traced_config(base: ml_collections.ConfigDict, hparams: dict) -> ml_collections.ConfigDict:
+  """A copy of `base` whose `hparams` fields hold (traced) arrays instead of Python numbers."""
+  config = ml_collections.ConfigDict(base.to_dict(), type_safe=False)
+  for key, value in hparams.items():
+    parent, field = key.rsplit(".", 1)
+    config[parent][field] = value
+  return config
+
+
+def make_member_mesh(num_members: int, devices=None) -> Mesh:
+  """A (member, data) mesh: members spread over devices when their count divides evenly."""
+  devices = np.asarray(devices if devices is not None else jax.local_devices())
+  member = math.gcd(num_members, devices.size)
+  return Mesh(devices.reshape(member, devices.size // member), (MEMBER_AXIS, DATA_AXIS))
+
+
+def make_vectorized_train_step(model, base: ml_collections.ConfigDict, total_steps: int, mesh):
+  """Jitted `(states, batches, rngs, hparams) -> (states, metrics)` over stacked members."""
+  own = model.param_optimizers(base.model)
+
+  def member_update(state, batch, keys, rng_batch, hparams):
+    config = traced_config(base, hparams)
+    tx, _ = optimizer.make_optimizer(config.optimizer, total_steps, own)
+    return steps.update(model, tx, config, state, batch, keys, rng_batch)
+
+  sharded = jax.shard_map(
+    jax.vmap(member_update),
+    mesh=mesh,
+    in_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS, DATA_AXIS), P(MEMBER_AXIS, DATA_AXIS))
+    + (P(MEMBER_AXIS), P(MEMBER_AXIS)),
+    out_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS)),
+  )
+
+  @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=compile_options.step_options())
+  def train_step(states, batches, rngs, hparams):
+    size = batches["image"].shape[1]
+    keys, rng_batch = jax.vmap(lambda r, s: step_keys(r, s, size))(rngs, states.step)
+    return sharded(states, batches, keys, rng_batch, hparams)
+
+  return train_step
+
+
+def _stack(trees: list):
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+class Members:
+  """The `loop.Program` of members stacked on a 'member' mesh axis."""
+
+  steps_per_dispatch = 1
+
+  def __init__(self, configs, workdirs, dataset: Dataset, devices, total_steps: int):
+    base = configs[0]
+    self.configs, self.dataset = configs, dataset
+    self.mesh = make_member_mesh(len(configs), devices)
+    self.eval_mesh = meshes.make_mesh(devices)
+    self.model = build_model(base.model, dataset.spec)
+    own = self.model.param_optimizers(base.model)
+    self.keys = [run_keys(c.seed) for c in configs]
+    states = []
+    for config, workdir in zip(configs, workdirs, strict=True):
+      tx, _ = optimizer.make_optimizer(config.optimizer, total_steps, own)
+      states.append(train.initial_state(self.model, tx, config, dataset, self.eval_mesh, workdir))
+    resumed = sorted({int(s.step) for s in states})
+    if len(resumed) > 1:
+      raise CheckpointError(
+        f"Members were checkpointed at different steps {resumed}; resume them one by one "
+        "with vae_jax.main (or --executor=local)."
+      )
+    self.initial_step = resumed[0]
+    member_sharding = NamedSharding(self.mesh, P(MEMBER_AXIS))
+    self.states = jax.device_put(_stack(states), member_sharding)
+    self.train_rngs = jax.device_put(jnp.stack([k["train"] for k in self.keys]), member_sharding)
+    hparams = member_hparams(configs)
+    self.hparams = jax.device_put({k: jnp.asarray(v) for k, v in hparams.items()}, member_sharding)
+    self.streams = [dataset.train_stream(c.data.batch_size, c.seed) for c in configs]
+    self._step = make_vectorized_train_step(self.model, base, total_steps, self.mesh)
+    self._eval_step = steps.make_eval_step(self.model, base, self.eval_mesh)
+    self.members = [
+      loop.Member(
+        workdir,
+        config,
+        metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
+        Checkpointer(workdir, config.keep_checkpoints),
+        optimizer.make_optimizer(config.optimizer, total_steps, own)[1],
+      )
+      for config, workdir in zip(configs, workdirs, strict=True)
+    ]
+
+  def train(self, start: int, end: int) -> dict:  # noqa: D102
+    del end
+    batch = _stack([s.batch(start) for s in self.streams])
+    batch = jax.device_put(batch, NamedSharding(self.mesh, P(MEMBER_AXIS, DATA_AXIS)))
+    self.states, metrics = self._step(self.states, batch, self.train_rngs, self.hparams)
+    return metrics
+
+  def member_metrics(self, metrics: dict, i: int) -> dict:  # noqa: D102
+    return jax.tree.map(lambda v: v[i], metrics)
+
+  def state(self, i: int):  # noqa: D102
+    member = jax.tree.map(lambda v: v[i], self.states)
+    return jax.device_put(member, meshes.replicated(self.eval_mesh))
+
+  def evaluate(self, i: int, step: int) -> tuple[dict, dict]:  # noqa: D102
+    member = self.state(i)
+    model_vars = variables(member.params, member.model_state)
+    config, keys = self.configs[i], self.keys[i]
+    metrics = train.evaluate(
+      self._eval_step, model_vars, self.dataset, config, self.eval_mesh, keys["eval"], step
+    )
+    images = summaries.model_images(
+      self.model, model_vars, self.dataset, config, keys["sample"], self.eval_mesh, metrics
+    )
+    return metrics, images
+
+  def block(self) -> None:  # noqa: D102
+    jax.block_until_ready(self.states)
+
+
+def train_members(
+  configs: list[ml_collections.ConfigDict],
+  workdirs: list[str],
+  *,
+  devices=None,
+  dataset: Dataset | None = None,
+) -> list[dict]:
+  """Trains all members together; writes each member's run exactly as `train_and_evaluate` does.
+
+  Args:
+    configs: one config per member; they may differ only in `VECTORIZABLE` fields.
+    workdirs: one run directory per member.
+    devices: devices to use (default all local ones).
+    dataset: in-memory dataset shared by all members; default `load_dataset(configs[0].data)`.
+
+  Returns:
+    Each member's results (also written to its `results.json`).
+  """
+  devices = devices if devices is not None else jax.local_devices()
+  for config in configs:
+    configuration.resolve(config)
+  member_hparams(configs)
+  data_devices = make_member_mesh(len(configs), devices).shape[DATA_AXIS]
+  for config in configs:
+    configuration.validate(config, data_devices)
+    configuration.validate(config, len(devices))
+  base = configs[0]
+  dataset = dataset or load_dataset(base.data)
+  configuration.validate_for_data(base, dataset.spec, base.data.name)
+  for config, workdir in zip(configs, workdirs, strict=True):
+    runs.save_config(config, workdir)
+  spe = dataset.train_stream(base.data.batch_size, base.seed).steps_per_epoch
+  total_steps = loop.num_train_steps(base, spe)
+  program = Members(configs, workdirs, dataset, devices, total_steps)
+  if program.initial_step == 0:
+    for member in program.members:
+      hparams = configuration.flatten(member.config) | {"num_devices": len(devices)}
+      member.writer.write_hparams(hparams)
+  logging.info(
+    "Training %d members for %d steps on mesh %s.", len(configs), total_steps, program.mesh.shape
+  )
+  eval_metrics, train_time = loop.run_loop(
+    program, program.initial_step, total_steps, loop.intervals(base, spe)
+  )
+  trained = total_steps - program.initial_step
+  return loop.finish(program, eval_metrics, total_steps, trained, train_time, len(devices))
