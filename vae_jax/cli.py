@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
-from vae_jax.errors import UserError
+from vae_jax.errors import UserError, WriteError
 
 
 def _import_tensorflow_quietly() -> None:
@@ -112,7 +112,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _config_file(argv: list[str]) -> str | None:
-  return next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  """The config file flag's value; absl keeps the last of repeated flags."""
+  given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  return given[-1] if given else None
 
 
 def describe_flag_error(argv: list[str], e: BaseException) -> str:
@@ -148,6 +150,12 @@ def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     quiet_libraries()
     try:
       main(argv)
+    except WriteError as e:
+      # Orbax and asyncio leave work behind that fails noisily while the interpreter shuts down
+      # after a write failure; nothing more can be written anyway.
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(1)
     except UserError as e:
       fail(str(e))
 

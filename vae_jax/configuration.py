@@ -13,7 +13,7 @@ import ml_collections
 from vae_jax import models
 from vae_jax.data.preprocess import BINARIZE
 from vae_jax.data.spec import DataSpec
-from vae_jax.errors import require, require_choice
+from vae_jax.errors import require, require_choice, require_sizes
 from vae_jax.losses import elbo, kl_schedules, likelihoods
 from vae_jax.models.bodies import ARCHS, INITS
 from vae_jax.training import optimizer
@@ -61,6 +61,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   require_choice(m.arch, ARCHS, "model.arch")
   require_choice(m.likelihood, likelihoods.LIKELIHOODS, "model.likelihood")
   require(m.latent_dim >= 1, f"model.latent_dim={m.latent_dim} must be >= 1.")
+  for field in ("hidden_sizes", "conv_features", "dense_sizes"):
+    require_sizes(m[field], f"model.{field}", allow_empty=field == "dense_sizes")
   require(m.gaussian_sigma > 0, f"model.gaussian_sigma={m.gaussian_sigma} must be > 0.")
   _validate_objective(obj, family)
   family.validate(config)

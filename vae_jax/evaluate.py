@@ -7,6 +7,8 @@ sap. Results go to <workdir>/eval/<metric>.json, are merged into <workdir>/eval/
 logged to TensorBoard in <workdir>/eval at the checkpoint's step; see `vae_jax.evaluation.suite`.
 """
 
+import os
+
 import jax
 from absl import app, flags
 
@@ -54,6 +56,7 @@ def _evaluate() -> dict:
   )
   mesh = meshes.make_mesh()
   options.validate(mesh.size, run.config)
+  runs.check_workdir(os.path.join(FLAGS.workdir, suite.EVAL_DIR))
   metrics = suite.select_metrics(FLAGS.metrics, run.config, run.dataset)
   run = runs.restore_run(run, mesh)
   return suite.evaluate_run(run, metrics, options, FLAGS.checkpoint, mesh)

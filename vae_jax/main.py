@@ -4,15 +4,24 @@ Any config field can be overridden: `--config.objective.beta=8 --config.data.bat
 Re-running the same command resumes from the newest checkpoint in the workdir.
 """
 
+import sys
+
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vae_jax import cli
+from vae_jax.training import preemption
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and results.")
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_list(
+  "stop_signals",
+  list(preemption.DEFAULT_SIGNALS),
+  "Signals that save a checkpoint after the current dispatch and stop (exit status 128 + the "
+  "signal's number); the same command resumes. A second signal exits at once.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -23,8 +32,16 @@ def main(argv: list[str]) -> None:
   cli.hide_gpus_from_tensorflow()
   from vae_jax.training import train
 
+  try:
+    signals = preemption.parse_signals(tuple(FLAGS.stop_signals))
+  except ValueError as e:
+    cli.fail(f"--stop_signals: {e}")
   logging.info("JAX devices: %s", jax.devices())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir, stop_signals=signals)
+  except preemption.Stopped as stopped:
+    print(stopped, file=sys.stderr, flush=True)
+    sys.exit(128 + stopped.signum)
 
 
 def run() -> None:

@@ -10,13 +10,15 @@ formats), rebuilds the model and restores a checkpoint, for `vae_jax.evaluate` a
 import dataclasses
 import json
 import os
+import tempfile
 
 import jax
 import ml_collections
+from clu import metric_writers
 
 from vae_jax import configuration
 from vae_jax.data import Dataset, load_dataset
-from vae_jax.errors import CheckpointError, ConfigError
+from vae_jax.errors import CheckpointError, ConfigError, WorkdirError, writing
 from vae_jax.models import Model, build_model
 from vae_jax.training import mesh as meshes
 from vae_jax.training import optimizer
@@ -30,13 +32,46 @@ HISTORY = "eval_history.jsonl"
 
 
 def write_json(path: str, value) -> None:
-  """Writes JSON atomically: readers see the old file or the whole new one, never a part."""
+  """Writes JSON atomically: readers see the old file or the whole new one, never a part.
+
+  Raises:
+    WriteError: the file system refused (no space left, read-only, I/O error); the old file, if
+      any, is unchanged.
+  """
   tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f, indent=2)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  with writing(path, "The file it would replace, if any, is unchanged."):
+    try:
+      with open(tmp, "w") as f:
+        json.dump(value, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def check_workdir(workdir: str) -> None:
+  """Checks, writing nothing that stays, that `workdir` is (or can become) a writable directory.
+
+  Raises:
+    WorkdirError: it is a file, or it (or the folder it would be made in) cannot be written.
+  """
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f"--workdir={workdir} is a file, not a directory; give a directory path.")
+  parent = workdir
+  while not os.path.exists(parent):
+    parent = os.path.dirname(os.path.abspath(parent))
+  if not os.path.isdir(parent):
+    raise WorkdirError(f"--workdir={workdir} cannot be made: {parent} is a file.")
+  try:
+    os.rmdir(tempfile.mkdtemp(prefix=".vae_jax_probe_", dir=parent))
+  except OSError as e:
+    where = "" if parent == workdir else f" (it would be made in {parent})"
+    raise WorkdirError(
+      f"--workdir={workdir} is not writable{where}: {e.strerror}; give a directory you can "
+      "write to."
+    ) from e
 
 
 def results_path(workdir: str) -> str:
@@ -95,9 +130,38 @@ def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   write_json(path, json.loads(config.to_json_best_effort()))
 
 
+class _CheckedWriter:
+  """A clu metric writer whose file-system failures become one `WriteError`."""
+
+  def __init__(self, writer, logdir: str):
+    self._writer, self._logdir = writer, logdir
+
+  def __getattr__(self, name: str):
+    method = getattr(self._writer, name)
+
+    def checked(*args, **kwargs):
+      with writing(f"TensorBoard events in {self._logdir}", "The checkpoints so far are intact."):
+        return method(*args, **kwargs)
+
+    return checked
+
+
+def metric_writer(logdir: str):
+  """The TensorBoard writer of a run (or its eval/ or tools/ folder); only process 0 writes.
+
+  Writes are synchronous, so that a full disk fails in this thread, as one `WriteError`, rather
+  than as a traceback from a background thread.
+  """
+  writer = metric_writers.create_default_writer(
+    logdir, just_logging=jax.process_index() > 0, asynchronous=False
+  )
+  return _CheckedWriter(writer, logdir)
+
+
 def append_history(workdir: str, record: dict) -> None:
   """Appends one evaluation record to the run's `eval_history.jsonl`."""
-  with open(os.path.join(workdir, HISTORY), "a") as f:
+  path = os.path.join(workdir, HISTORY)
+  with writing(path, "The checkpoints written so far are intact."), open(path, "a") as f:
     f.write(json.dumps(record) + "\n")
 
 

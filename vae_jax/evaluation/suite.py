@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers
 
 from vae_jax import runs
 from vae_jax.data import Dataset, GroundTruthDataset
@@ -163,7 +162,7 @@ def evaluate_run(
   inference = Inference(run.model, run.model_vars, run.config, mesh)
   out_dir = os.path.join(run.workdir, EVAL_DIR)
   os.makedirs(out_dir, exist_ok=True)
-  writer = metric_writers.create_default_writer(out_dir, just_logging=jax.process_index() > 0)
+  writer = runs.metric_writer(out_dir)
   compute = _group_computations(run, inference, options)
   results = {}
   for group in groups:

@@ -28,7 +28,7 @@ import optax
 
 from vae_jax.collectives import Collectives
 from vae_jax.data.spec import DataSpec
-from vae_jax.errors import require
+from vae_jax.errors import require, require_sizes
 from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
 from vae_jax.models.vae import VAE
 
@@ -116,10 +116,8 @@ class FactorVAE(Model):
     """gamma >= 0, positive widths and learning rate."""
     c = config.model.factorvae
     require(c.gamma >= 0, f"model.factorvae.gamma={c.gamma} must be >= 0.")
-    require(
-      all(h >= 1 for h in c.discriminator_hidden_sizes),
-      f"model.factorvae.discriminator_hidden_sizes={tuple(c.discriminator_hidden_sizes)} must "
-      "all be >= 1.",
+    require_sizes(
+      c.discriminator_hidden_sizes, "model.factorvae.discriminator_hidden_sizes", allow_empty=True
     )
     require(
       c.discriminator_learning_rate > 0,

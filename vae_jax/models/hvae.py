@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vae_jax.data.spec import DataSpec
-from vae_jax.errors import require
+from vae_jax.errors import require, require_sizes
 from vae_jax.losses.distributions import gaussian_kl, gaussian_log_density
 from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
 from vae_jax.models.bodies import Head, build_bodies, dense
@@ -89,10 +89,7 @@ class HVAE(Model):
   def validate(cls, config: ml_collections.ConfigDict) -> None:
     """At least one lower layer; every size >= 1."""
     c = config.model.hvae
-    require(
-      len(c.lower_dims) >= 1 and all(d >= 1 for d in c.lower_dims),
-      f"model.hvae.lower_dims={tuple(c.lower_dims)} must name >= 1 layer sizes, each >= 1.",
-    )
+    require_sizes(c.lower_dims, "model.hvae.lower_dims")
     require(c.hidden >= 1, f"model.hvae.hidden={c.hidden} must be >= 1.")
 
   @classmethod

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vae_jax.data.spec import DataSpec
-from vae_jax.errors import require
+from vae_jax.errors import require, require_sizes
 from vae_jax.losses import distributions
 from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
 from vae_jax.models.bodies import Head, build_bodies
@@ -61,10 +61,7 @@ class IAFVAE(Model):
     """At least one step and one hidden layer; sizes >= 1, context >= 0."""
     c = config.model.iaf
     require(c.steps >= 1, f"model.iaf.steps={c.steps} must be >= 1.")
-    require(
-      len(c.hidden_sizes) >= 1 and all(h >= 1 for h in c.hidden_sizes),
-      f"model.iaf.hidden_sizes={tuple(c.hidden_sizes)} must name >= 1 sizes, each >= 1.",
-    )
+    require_sizes(c.hidden_sizes, "model.iaf.hidden_sizes")
     require(c.context_dim >= 0, f"model.iaf.context_dim={c.context_dim} must be >= 0.")
 
   @classmethod

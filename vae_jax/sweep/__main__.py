@@ -30,6 +30,7 @@ from ml_collections import config_flags
 
 from vae_jax import cli
 from vae_jax.sweep import executors, launch
+from vae_jax.training import preemption
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -95,7 +96,8 @@ def run_sweep() -> None:
 def _launch(todo: list, workdir: str, num_members: int) -> None:
   """Runs (or submits) the unfinished members with the chosen executor."""
   if FLAGS.executor == "local":
-    failed = executors.run_local(todo, os.getcwd(), FLAGS.max_parallel)
+    with executors.forwarding_signals(preemption.parse_signals(preemption.DEFAULT_SIGNALS)):
+      failed = executors.run_local(todo, os.getcwd(), FLAGS.max_parallel)
   else:
     resources = executors.SlurmResources(
       partition=FLAGS.slurm_partition,

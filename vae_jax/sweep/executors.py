@@ -6,11 +6,14 @@ checkpoint in its workdir, which is what makes re-running a sweep and requeueing
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import os
 import shlex
+import signal
 import subprocess
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,19 +45,55 @@ class Member:
     return os.path.join(self.workdir, "train.log")
 
 
+_RUNNING: set[subprocess.Popen] = set()
+_STOPPING = threading.Event()
+NOT_STARTED = -1  # run_member's code for a member a stop signal kept from starting.
+
+
+@contextlib.contextmanager
+def forwarding_signals(signals: Sequence[int]):
+  """While active, a stop signal is passed on to the running members and no new one starts.
+
+  Each member then saves a checkpoint and exits (see `training.preemption`); re-running the
+  sweep resumes them. A second signal exits at once.
+  """
+
+  def forward(signum, frame):
+    del frame
+    if _STOPPING.is_set():
+      os._exit(128 + signum)
+    _STOPPING.set()
+    print(f"Received signal {signum}: stopping the running members.", flush=True)
+    for proc in list(_RUNNING):
+      proc.send_signal(signum)
+
+  previous = {s: signal.signal(s, forward) for s in signals}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+
 def run_member(member: Member, cwd: str) -> int:
   """Runs the member's command in `cwd`, appending its output to its train.log.
 
   Returns:
-    The command's exit code.
+    The command's exit code (`NOT_STARTED` once a stop signal arrived).
   """
+  if _STOPPING.is_set():
+    return NOT_STARTED
   os.makedirs(member.workdir, exist_ok=True)
   with open(member.log_path, "a") as log:
     now = datetime.datetime.now().isoformat(timespec="seconds")
     log.write(f"=== {now} {shlex.join(member.command)}\n")
     log.flush()
-    proc = subprocess.run(member.command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
-  return proc.returncode
+    proc = subprocess.Popen(member.command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    _RUNNING.add(proc)
+    try:
+      return proc.wait()
+    finally:
+      _RUNNING.discard(proc)
 
 
 def run_local(members: Sequence[Member], cwd: str, max_parallel: int) -> list[Member]:
@@ -71,10 +110,18 @@ def run_local(members: Sequence[Member], cwd: str, max_parallel: int) -> list[Me
       member, code = futures[future], future.result()
       if code:
         failed.append(member)
-        print(f"{member.name}: FAILED (exit code {code}), log: {member.log_path}", flush=True)
+        print(f"{member.name}: {_describe(code)}, log: {member.log_path}", flush=True)
       else:
         print(f"{member.name}: finished", flush=True)
   return failed
+
+
+def _describe(code: int) -> str:
+  if code == NOT_STARTED:
+    return "not started (the sweep was stopped)"
+  if code > 128:
+    return f"stopped by signal {code - 128} after saving; it resumes when the sweep runs again"
+  return f"FAILED (exit code {code})"
 
 
 class MemberJob(submitit.helpers.Checkpointable):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from vae_jax.errors import UserError
+from vae_jax.errors import UserError, writing
 
 SEED_KEY = "seed"
 SUMMARY_METRICS = ("eval_loss", "eval_elbo", "eval_recon", "eval_kl")
@@ -275,6 +275,11 @@ def write_report(workdir: str) -> list[str]:
     ReportError: see `collect`.
   """
   sweep, keys, rows, eval_keys = collect(workdir)
+  with writing(f"the sweep report in {workdir}", "The members' runs are unchanged."):
+    return _write_report(workdir, sweep, keys, rows, eval_keys)
+
+
+def _write_report(workdir, sweep, keys, rows, eval_keys) -> list[str]:
   numeric_eval = [
     k for k in EVAL_METRICS if k in eval_keys and any(_is_number(r.get(k)) for r in rows)
   ]

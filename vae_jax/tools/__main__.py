@@ -7,6 +7,7 @@ is restored or compiled.
 """
 
 import dataclasses
+import os
 
 from absl import flags, logging
 
@@ -79,7 +80,8 @@ def _print(result: dict) -> None:
 
 def main(argv: list[str]) -> None:
   """Checks the command and its options against the run, restores it and runs the tool."""
-  from vae_jax import tools
+  from vae_jax import runs, tools
+  from vae_jax.tools import common
 
   if len(argv) != 2 or argv[1] not in tools.COMMANDS:
     got = " ".join(argv[1:]) or "nothing"
@@ -95,6 +97,7 @@ def main(argv: list[str]) -> None:
   ) | cli.run_overrides()
   run = tools.open_run(FLAGS.workdir, FLAGS.checkpoint, overrides=overrides, restore=False)
   command.parse(run, options)
+  runs.check_workdir(os.path.join(run.workdir, common.TOOLS_DIR))
   run = tools.restore_run(run)
   result = run_command(run, **options)
   print(f"{argv[1]}: {run.workdir} at step {run.step}")

@@ -12,13 +12,12 @@ from collections.abc import Callable
 import jax
 import matplotlib
 import numpy as np
-from clu import metric_writers
 from matplotlib.figure import Figure
 from PIL import Image
 
 from vae_jax import runs
 from vae_jax.data import Dataset
-from vae_jax.errors import UserError
+from vae_jax.errors import UserError, writing
 from vae_jax.evaluation.inference import Inference
 from vae_jax.training import mesh as meshes
 
@@ -207,23 +206,34 @@ class Outputs:
     self.files.append(path)
     return path
 
+  def _write(self, path: str, write: Callable[[], None]) -> None:
+    """Runs `write`; on a file-system failure removes the partial file and raises `WriteError`."""
+    with writing(path, "Earlier outputs in this folder are unchanged."):
+      try:
+        write()
+      except Exception:
+        if os.path.exists(path):
+          os.remove(path)
+        raise
+
   def _tensorboard(self, name: str, image: np.ndarray) -> None:
     if self._writer is None:
-      self._writer = metric_writers.create_default_writer(self.directory, asynchronous=False)
+      self._writer = runs.metric_writer(self.directory)
     self._writer.write_images(self.step, {name: image[None]})
 
   def save_image(self, image: np.ndarray, suffix: str = "") -> str:
     """Writes an [H, W, C] image in [0, 1] as PNG (and to TensorBoard); returns the path."""
     pixels = _to_uint8(image)
     path = self.path("png", suffix)
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    self._write(path, lambda: image.save(path))
     self._tensorboard(self.stem + suffix, pixels)
     return path
 
   def save_figure(self, fig: Figure, suffix: str = "") -> str:
     """Writes a matplotlib figure as PNG (and to TensorBoard); returns the path."""
     path = self.path("png", suffix)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
+    self._write(path, lambda: fig.savefig(path, dpi=100, bbox_inches="tight"))
     self._tensorboard(self.stem + suffix, np.asarray(Image.open(path).convert("RGB")))
     return path
 
@@ -236,7 +246,7 @@ class Outputs:
   def save_npz(self, suffix: str = "", **arrays) -> str:
     """Writes arrays to an .npz file; returns the path."""
     path = self.path("npz", suffix)
-    np.savez(path, **arrays)
+    self._write(path, lambda: np.savez(path, **arrays))
     return path
 
 

@@ -1,12 +1,46 @@
 """Orbax checkpoints of a run's train state in `<workdir>/checkpoints`."""
 
+import contextlib
+import glob
+import logging
 import os
+import shutil
+import sys
+import threading
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 
-from vae_jax.errors import CheckpointError
+from vae_jax.errors import CheckpointError, writing
+
+
+class _DropOrbaxErrors(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "/orbax/" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_background_failures():
+  """Keeps a failing save's background threads from printing tracebacks.
+
+  Orbax writes from worker threads; when the disk is full each of them logs or raises its own
+  traceback before the save raises here. The save's exception still reaches this thread and
+  carries the cause, so their reports are dropped while it runs.
+  """
+  handlers = [absl_logging.get_absl_handler(), *logging.getLogger().handlers]
+  drop = _DropOrbaxErrors()
+  saved = threading.excepthook, sys.unraisablehook
+  for handler in handlers:
+    handler.addFilter(drop)
+  threading.excepthook = sys.unraisablehook = lambda *args: None
+  try:
+    yield
+  finally:
+    threading.excepthook, sys.unraisablehook = saved
+    for handler in handlers:
+      handler.removeFilter(drop)
 
 
 class Checkpointer:
@@ -60,10 +94,35 @@ class Checkpointer:
       ) from e
 
   def save(self, step: int, state: Any) -> None:
-    """Saves `state` as checkpoint `step`; a step that is already saved is skipped."""
-    if step in self._manager.all_steps():
+    """Saves `state` as checkpoint `step`; a step that is already saved is skipped.
+
+    Raises:
+      WriteError: the file system refused (no space left, I/O error). The partial checkpoint is
+        removed, so that resuming takes the newest complete one.
+    """
+    earlier = self.all_steps()
+    if step in earlier:
       return
-    self._manager.save(step, args=ocp.args.StandardSave(state))
+    if earlier:
+      intact = (
+        f"The earlier checkpoints {earlier} are intact and the partial one was removed; make "
+        f"room and run the same command to resume from step {earlier[-1]}."
+      )
+    else:
+      intact = "No checkpoint had been written yet; make room and run the same command again."
+    with writing(f"checkpoint {step} in {self.directory}", intact), _quiet_background_failures():
+      try:
+        self._manager.save(step, args=ocp.args.StandardSave(state))
+      except Exception:
+        self._remove_partial(step)
+        raise
+
+  def _remove_partial(self, step: int) -> None:
+    """Deletes what an unfinished save of `step` left (Orbax's temporary folder, or the step's)."""
+    for path in glob.glob(os.path.join(self.directory, f"{step}.orbax-checkpoint-tmp*")) + [
+      os.path.join(self.directory, str(step))
+    ]:
+      shutil.rmtree(path, ignore_errors=True)
 
   def close(self) -> None:
     """Waits for pending saves and releases the manager."""

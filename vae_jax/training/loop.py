@@ -20,6 +20,7 @@ from clu import metric_writers, periodic_actions
 
 from vae_jax import runs
 from vae_jax.errors import NonFiniteLossError
+from vae_jax.training import preemption
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.mesh import DispatchWindow
 
@@ -185,10 +186,31 @@ def _save(program: Program, history: list, step: int, last_logged: int | None) -
     member.checkpointer.save(step, program.state(i))
 
 
+def _stop(program: Program, history: list, step: int, last_logged: int | None, signum: int):
+  """Saves every member at `step`, closes their files and raises `preemption.Stopped`."""
+  program.block()
+  _save(program, history, step, last_logged)
+  for member in program.members:
+    member.checkpointer.close()
+    member.writer.flush()
+  raise preemption.Stopped(signum, step, program.members[0].checkpointer.directory)
+
+
 def run_loop(
-  program: Program, initial_step: int, total_steps: int, every_: Intervals
+  program: Program,
+  initial_step: int,
+  total_steps: int,
+  every_: Intervals,
+  stop: preemption.StopSignals | None = None,
 ) -> tuple[list[dict], float]:
   """Trains from `initial_step` to `total_steps` with the periodic actions.
+
+  Args:
+    program: what trains (a single run or vectorized members).
+    initial_step: the step the state is at.
+    total_steps: the run's length.
+    every_: the logging, evaluation and checkpoint intervals.
+    stop: signals that, between dispatches, save a checkpoint and raise `preemption.Stopped`.
 
   Returns:
     (each member's last eval metrics, training time in seconds).
@@ -222,6 +244,8 @@ def run_loop(
       if due_save:
         _save(program, history, done, last_logged)
       other_time += time.perf_counter() - t0
+    if stop is not None and stop.requested is not None and done < total_steps:
+      _stop(program, history, done, last_logged, stop.requested)
   program.block()
   train_time = time.perf_counter() - start - other_time
   if eval_metrics is None:

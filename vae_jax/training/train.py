@@ -9,14 +9,13 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 
 from vae_jax import configuration, runs
 from vae_jax.data import Dataset, load_dataset
 from vae_jax.evaluation import summaries
 from vae_jax.losses import elbo
 from vae_jax.models import Model, build_model
-from vae_jax.training import loop, optimizer, steps
+from vae_jax.training import loop, optimizer, preemption, steps
 from vae_jax.training import mesh as meshes
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.keys import run_keys
@@ -75,7 +74,7 @@ class SingleRun:
     else:
       self._step = steps.make_multi_step(self.model, tx, config, mesh)
     self._eval_step = steps.make_eval_step(self.model, config, mesh)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = runs.metric_writer(workdir)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints)
     self.members = [loop.Member(workdir, config, writer, checkpointer, schedule)]
 
@@ -125,6 +124,7 @@ def train_and_evaluate(
   *,
   mesh: jax.sharding.Mesh | None = None,
   dataset: Dataset | None = None,
+  stop_signals: tuple[int, ...] = (),
 ) -> dict:
   """Trains (resuming from the latest checkpoint in `workdir`), evaluates, writes results.json.
 
@@ -133,13 +133,19 @@ def train_and_evaluate(
     workdir: where checkpoints, TensorBoard events, config.json and results.json go.
     mesh: device mesh with a 'data' axis; default all local devices.
     dataset: in-memory dataset; default `load_dataset(config.data)`.
+    stop_signals: signals that stop the run after saving a checkpoint (default SIGTERM, SIGINT
+      and SIGUSR1; see `preemption`).
 
   Returns:
     The final results (also written to `<workdir>/results.json`).
+
+  Raises:
+    preemption.Stopped: a stop signal arrived; the checkpoint at the step it names is saved.
   """
   mesh = mesh or meshes.make_mesh()
   configuration.resolve(config)
   configuration.validate(config, mesh.size)
+  runs.check_workdir(workdir)
   dataset = dataset or load_dataset(config.data)
   configuration.validate_for_data(config, dataset.spec, config.data.name)
   runs.save_config(config, workdir)
@@ -151,9 +157,10 @@ def train_and_evaluate(
   if initial_step == 0:
     writer.write_hparams(configuration.flatten(config) | {"num_devices": mesh.size})
   logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
-  eval_metrics, train_time = loop.run_loop(
-    program, initial_step, total_steps, loop.intervals(config, spe)
-  )
+  with preemption.StopSignals(stop_signals) as stop:
+    eval_metrics, train_time = loop.run_loop(
+      program, initial_step, total_steps, loop.intervals(config, spe), stop
+    )
   results = loop.finish(
     program, eval_metrics, total_steps, total_steps - initial_step, train_time, mesh.size
   )

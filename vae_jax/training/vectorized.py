@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -27,7 +26,7 @@ from vae_jax.data import Dataset, load_dataset
 from vae_jax.errors import CheckpointError, ConfigError
 from vae_jax.evaluation import summaries
 from vae_jax.models import build_model
-from vae_jax.training import compile_options, loop, optimizer, steps, train
+from vae_jax.training import compile_options, loop, optimizer, preemption, steps, train
 from vae_jax.training import mesh as meshes
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.keys import run_keys, step_keys
@@ -149,7 +148,7 @@ class Members:
       loop.Member(
         workdir,
         config,
-        metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
+        runs.metric_writer(workdir),
         Checkpointer(workdir, config.keep_checkpoints),
         optimizer.make_optimizer(config.optimizer, total_steps, own)[1],
       )
@@ -212,6 +211,8 @@ def train_members(
   for config in configs:
     configuration.validate(config, data_devices)
     configuration.validate(config, len(devices))
+  for workdir in workdirs:
+    runs.check_workdir(workdir)
   base = configs[0]
   dataset = dataset or load_dataset(base.data)
   configuration.validate_for_data(base, dataset.spec, base.data.name)
@@ -227,8 +228,9 @@ def train_members(
   logging.info(
     "Training %d members for %d steps on mesh %s.", len(configs), total_steps, program.mesh.shape
   )
-  eval_metrics, train_time = loop.run_loop(
-    program, program.initial_step, total_steps, loop.intervals(base, spe)
-  )
+  with preemption.StopSignals() as stop:
+    eval_metrics, train_time = loop.run_loop(
+      program, program.initial_step, total_steps, loop.intervals(base, spe), stop
+    )
   trained = total_steps - program.initial_step
   return loop.finish(program, eval_metrics, total_steps, trained, train_time, len(devices))
