@@ -21,6 +21,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.binarize_threshold = 0.5
   config.data.num_eval_examples = 10_000  # Test split size of ground-truth datasets.
   config.data.exclude_labels = ()  # Labels removed from the TRAINING split (anomaly tools).
+  # Keep the training data on the device and assemble each batch there (when it fits and the
+  # dataset supports it); same batches as the host pipeline.
+  config.data.on_device = True
 
   config.model = ml_collections.ConfigDict()
   # A family (vae_jax.models.MODELS); its own fields go in config.model.<name>, with their defaults
@@ -32,6 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.conv_features = (32, 64)  # Conv bodies, each stride 2.
   config.model.conv_kernel_size = 3
   config.model.dense_sizes = (256,)  # Dense layers between conv stack and latent.
+  config.model.activation = "relu"  # relu | tanh: the MLP bodies' nonlinearity.
   config.model.likelihood = "bernoulli"  # bernoulli | gaussian | gaussian_learned
   config.model.gaussian_sigma = 1.0  # Observation std for likelihood='gaussian'.
   config.model.init_scheme = (
@@ -59,12 +63,20 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.schedule = "constant"  # constant | cosine
   config.optimizer.warmup_steps = 0
   config.optimizer.grad_clip_norm = 0.0  # 0 disables clipping.
+  config.optimizer.b1 = 0.9  # Adam's moment decays and epsilon (optax's defaults).
+  config.optimizer.b2 = 0.999
+  config.optimizer.eps = 1e-8
+  # staged: stage i runs stage_epochs[i] epochs at learning_rate * stage_decay**i.
+  config.optimizer.stage_epochs = (1,)
+  config.optimizer.stage_decay = 1.0
 
   config.num_epochs = 10
   config.num_train_steps = -1  # > 0 overrides num_epochs.
-  # Train steps per dispatch (Keras' steps_per_execution): K > 1 runs up to K steps in one XLA
-  # while loop, saving per-step dispatch and input work on small models. Same numbers up to float
-  # rounding. On XLA:CPU convolutions inside a loop are ~30x slower: keep 1 for conv models there.
+  # Train steps per dispatch (Keras' steps_per_execution): K > 1 runs K steps in one compiled loop
+  # (lax.scan), saving per-step dispatch work on small models; dispatches cut short at a logging,
+  # evaluation or checkpoint step run step by step, so choose intervals that K divides. Same
+  # numbers as K = 1. On XLA:CPU convolutions inside a loop are ~30x slower: keep 1 for conv
+  # models there.
   config.steps_per_execution = 1
   config.log_every_steps = 100
   config.eval_every_steps = -1  # -1: once per epoch.

@@ -111,8 +111,8 @@ def test_defaults_select_likelihoods_and_diagnostics_for_a_vae(dataset):
     "iw_nll",
     "diagnostics",
   ]
-  with pytest.raises(ConfigError, match="iw_batch_size=30 must be a positive multiple of the 4"):
-    eval_suite.EvalOptions(iw_batch_size=30).validate(4, tiny_config())
+  with pytest.raises(ConfigError, match="iw_batch_size=0 must be >= 1"):
+    eval_suite.EvalOptions(iw_batch_size=0).validate(4, tiny_config())
 
 
 def _evaluate_cli(*args):

@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 
@@ -21,13 +22,16 @@ class Collectives:
     mean: turns a per-device batch mean into the global batch mean.
     gather: concatenates per-device arrays [b, ...] into the global batch [B, ...], in global
       example order.
+
+    rows: the positions in the global batch of this device's `n` examples.
   """
 
   mean: Callable[[jax.Array], jax.Array]
   gather: Callable[[jax.Array], jax.Array]
+  rows: Callable[[int], jax.Array]
 
 
-LOCAL = Collectives(mean=lambda v: v, gather=lambda v: v)
+LOCAL = Collectives(mean=lambda v: v, gather=lambda v: v, rows=jnp.arange)
 """Reductions when the whole batch is on one device (outside `shard_map`)."""
 
 
@@ -36,4 +40,5 @@ def over_axis(axis_name: str) -> Collectives:
   return Collectives(
     mean=lambda v: lax.pmean(v, axis_name),
     gather=lambda v: lax.all_gather(v, axis_name, tiled=True),
+    rows=lambda n: lax.axis_index(axis_name) * n + jnp.arange(n),
   )

@@ -15,7 +15,7 @@ from vae_jax.data.preprocess import BINARIZE
 from vae_jax.data.spec import DataSpec
 from vae_jax.errors import require, require_choice, require_sizes
 from vae_jax.losses import elbo, kl_schedules, likelihoods
-from vae_jax.models.bodies import ARCHS, INITS
+from vae_jax.models.bodies import ACTIVATIONS, ARCHS, INITS
 from vae_jax.training import optimizer
 
 # Fields that may change when a run is resumed: they change neither the model nor a number.
@@ -30,6 +30,7 @@ RESUMABLE_CHANGES = (
   "data.data_dir",
   "data.manual_dir",
   "data.eval_batch_size",
+  "data.on_device",
 )
 
 
@@ -60,6 +61,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   require_choice(m.init_scheme, INITS, "model.init_scheme")
   require_choice(m.arch, ARCHS, "model.arch")
   require_choice(m.likelihood, likelihoods.LIKELIHOODS, "model.likelihood")
+  require_choice(m.get("activation", "relu"), ACTIVATIONS, "model.activation")
   require(m.latent_dim >= 1, f"model.latent_dim={m.latent_dim} must be >= 1.")
   for field in ("hidden_sizes", "conv_features", "dense_sizes"):
     require_sizes(m[field], f"model.{field}", allow_empty=field == "dense_sizes")
@@ -72,18 +74,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   require_choice(o.schedule, optimizer.SCHEDULES, "optimizer.schedule")
   require(o.learning_rate > 0, f"optimizer.learning_rate={o.learning_rate} must be > 0.")
   require(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0.")
+  for field in ("b1", "b2"):
+    require(0 <= o.get(field, 0.9) < 1, f"optimizer.{field}={o.get(field)} must be in [0, 1).")
+  require(o.get("eps", 1e-8) > 0, f"optimizer.eps={o.get('eps')} must be > 0.")
+  if o.schedule == "staged":
+    require_sizes(o.stage_epochs, "optimizer.stage_epochs")
+    require(o.stage_decay > 0, f"optimizer.stage_decay={o.stage_decay} must be > 0.")
   require(
     config.num_train_steps > 0 or config.num_epochs > 0,
     "Set num_train_steps > 0 or num_epochs > 0.",
   )
   for field in ("keep_checkpoints", "log_every_steps", "steps_per_execution"):
     require(config[field] >= 1, f"{field}={config[field]} must be >= 1.")
-  for field in ("batch_size", "eval_batch_size"):
-    size = d[field]
-    require(
-      size >= 1 and size % num_devices == 0,
-      f"data.{field}={size} must be a positive multiple of the {num_devices} devices.",
-    )
+  require(
+    d.batch_size >= 1 and d.batch_size % num_devices == 0,
+    f"data.batch_size={d.batch_size} must be a positive multiple of the {num_devices} devices.",
+  )
+  require(d.eval_batch_size >= 1, f"data.eval_batch_size={d.eval_batch_size} must be >= 1.")
 
 
 def _validate_objective(obj: ml_collections.ConfigDict, family: type[models.Model]) -> None:
@@ -95,6 +102,10 @@ def _validate_objective(obj: ml_collections.ConfigDict, family: type[models.Mode
   )
   require_choice(obj.kl_schedule, kl_schedules.KL_SCHEDULES, "objective.kl_schedule")
   require(obj.num_samples >= 1, f"objective.num_samples={obj.num_samples} must be >= 1.")
+  require(
+    obj.num_samples == 1 or family.capabilities.density,
+    f"objective.num_samples={obj.num_samples} > 1 needs a model with log q(z|x) and log p(z).",
+  )
   if obj.estimator == "iwae":
     densities = tuple(k for k, v in models.MODELS.items() if v.capabilities.density)
     require(
@@ -159,10 +170,12 @@ def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
 
 
 def changed_fields(old: dict, new: dict) -> list[str]:
-  """Fields of two flattened configs that differ and would change a resumed run."""
-  return sorted(
-    k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES
-  )
+  """Fields of two flattened configs that differ and would change a resumed run.
+
+  A field that `old` lacks was added to vae_jax after the run began; its default keeps the old
+  behaviour, so it does not count.
+  """
+  return sorted(k for k in old if old[k] != new.get(k) and k not in RESUMABLE_CHANGES)
 
 
 # The flat family fields of configs written before the families owned their fields (and the

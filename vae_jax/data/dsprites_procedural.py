@@ -69,6 +69,22 @@ class ProceduralDSprites(GroundTruthData):
   factor_sizes = (3, 6, 40, 32, 32)
   image_shape = (_CANVAS, _CANVAS, 1)
 
+  def device_tables(self) -> dict[str, np.ndarray]:
+    """The 3 x 6 x 40 sprite masks (720 KB): the device renders from them."""
+    return {"masks": sprite_masks()}
+
+  def render_on_device(self, tables: dict, factors):
+    """`render` on the device: each mask pasted into a zero canvas at (posY, posX)."""
+    import jax
+    import jax.numpy as jnp
+
+    def one(f):
+      mask = tables["masks"][f[0], f[1], f[2]]
+      canvas = jnp.zeros((_CANVAS, _CANVAS), jnp.uint8)
+      return jax.lax.dynamic_update_slice(canvas, mask, (f[4], f[3]))
+
+    return jax.vmap(one)(factors)[..., None]
+
   def render(self, factors: np.ndarray) -> np.ndarray:
     """uint8 images [n, 64, 64, 1] in {0, 255}; vectorized over the batch."""
     f = np.asarray(factors)

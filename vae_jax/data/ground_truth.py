@@ -47,6 +47,14 @@ class GroundTruthData(abc.ABC):
   def render(self, factors: np.ndarray) -> np.ndarray:
     """uint8 images [n, H, W, C] (0 or 255 for binary data) for factor indices [n, F]."""
 
+  def device_tables(self) -> dict[str, np.ndarray] | None:
+    """Arrays from which `render_on_device` draws images; None when only the host renders."""
+    return None
+
+  def render_on_device(self, tables: dict, factors):
+    """`render` as a traced JAX function of `device_tables()` (when there are tables)."""
+    raise NotImplementedError
+
 
 @dataclasses.dataclass
 class GroundTruthStream:
@@ -61,10 +69,25 @@ class GroundTruthStream:
     """Steps that draw as many examples as the grid has combinations."""
     return max(1, self.data.num_combinations // self.batch_size)
 
+  def factors(self, step: int) -> np.ndarray:
+    """The factor indices [batch, num_factors] of the global batch at `step`."""
+    return self.data.sample_factors(self.batch_size, (self.seed, TRAIN_STREAM, step))
+
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """The global batch for `step`: images only (factors are drawn, not stored)."""
-    factors = self.data.sample_factors(self.batch_size, (self.seed, TRAIN_STREAM, step))
-    return {"image": self.data.render(factors)}
+    return {"image": self.data.render(self.factors(step))}
+
+  def device_arrays(self) -> dict[str, np.ndarray] | None:
+    """What `assemble` renders from, to keep on the device; None when rendering is host-only."""
+    return self.data.device_tables()
+
+  def step_inputs(self, step: int) -> dict[str, np.ndarray]:
+    """The small per-step input `assemble` turns into the batch: the drawn factors."""
+    return {"factors": self.factors(step).astype(np.int32)}
+
+  def assemble(self, arrays: dict, inputs: dict) -> dict:
+    """The batch of `step_inputs`, rendered on the device: the same images as `batch`."""
+    return {"image": self.data.render_on_device(arrays, inputs["factors"])}
 
 
 @dataclasses.dataclass

@@ -118,3 +118,22 @@ class TrainStream:
     """The global batch for `step`: images (uint8) and labels when the dataset has them."""
     d = self.dataset
     return _gather(d.train_images, d.train_labels, self.sampler.indices(step))
+
+  def device_arrays(self) -> dict[str, np.ndarray]:
+    """The training split, to keep on the device (uint8 images, int32 labels)."""
+    d = self.dataset
+    arrays = {"images": d.train_images}
+    if d.train_labels is not None:
+      arrays["labels"] = d.train_labels
+    return arrays
+
+  def step_inputs(self, step: int) -> dict[str, np.ndarray]:
+    """The small per-step input `assemble` turns into the batch: the examples' indices."""
+    return {"index": self.sampler.indices(step).astype(np.int32)}
+
+  def assemble(self, arrays: dict, inputs: dict) -> dict:
+    """The batch of `step_inputs`, gathered on the device: the same arrays as `batch`."""
+    batch = {"image": arrays["images"][inputs["index"]]}
+    if "labels" in arrays:
+      batch["label"] = arrays["labels"][inputs["index"]]
+    return batch

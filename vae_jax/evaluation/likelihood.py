@@ -92,13 +92,14 @@ def log_likelihoods(
     images: uint8 [n, H, W, C], preprocessed as `config.data` says.
     labels: int [n] for conditional models, else None.
     config: the run config.
-    mesh: mesh with a `DATA_AXIS` axis; `batch_size` must be a multiple of its size.
+    mesh: mesh with a `DATA_AXIS` axis (`batch_size` is rounded up to a multiple of its size).
     rng: evaluation key (`evaluation_key(config.seed)`).
     num_samples: k, importance samples per example.
     chunk: samples evaluated at once.
     batch_size: examples per batch.
   """
   chunk_step = make_log_weight_chunk(model, config, mesh)
+  batch_size = meshes.split_batch_size(batch_size, mesh.size, "iw_batch_size")
   sharding = meshes.batch_sharded(mesh)
   out, window = [], meshes.DispatchWindow()
   for batch in eval_batches(images, labels, batch_size):
@@ -129,6 +130,7 @@ def elbo_means(
   test split this reproduces training's `eval_elbo`.
   """
   eval_step = steps.make_eval_step(model, elbo_config(config), mesh)
+  batch_size = meshes.split_batch_size(batch_size, mesh.size, "batch_size")
   batches = eval_batches(images, labels, batch_size)
   totals = steps.sum_eval_batches(eval_step, model_vars, batches, mesh, rng)
   count = totals.pop("count")

@@ -37,42 +37,37 @@ def pairwise_log_density(z: jnp.ndarray, mu: jnp.ndarray, logvar: jnp.ndarray) -
   return -0.5 * (jnp.square(z - mu) * jnp.exp(-logvar) + logvar + math.log(2.0 * math.pi))
 
 
-def log_weights(batch_size: int, dataset_size: int, estimator: str) -> jnp.ndarray:
-  """log w_ij, [M, M]: the weight of posterior j in the estimate of q(z_i) (module docstring)."""
-  if estimator == "mws":
-    return jnp.full((batch_size, batch_size), -math.log(dataset_size * batch_size))
-  if estimator != "mss":
-    raise ValueError(
-      f"Unknown total-correlation estimator {estimator!r}; choose one of {ESTIMATORS}."
-    )
-  if batch_size < 2:
-    raise ValueError("The stratified estimator needs a batch of at least 2 examples.")
-  other = -math.inf  # N = 1: the batch's own example is the whole dataset.
-  if dataset_size > 1:
-    other = math.log(dataset_size - 1) - math.log(dataset_size * (batch_size - 1))
-  own = -math.log(dataset_size)
-  return jnp.where(jnp.eye(batch_size, dtype=bool), own, other)
+def log_weights(
+  rows: jnp.ndarray, mask: jnp.ndarray | int, dataset_size: int, estimator: str
+) -> jnp.ndarray:
+  """log w_ij [len(rows), M]: the weight of posterior j in the estimate of q(z_i).
 
-
-def masked_log_weights(mask: jnp.ndarray, dataset_size: int, estimator: str) -> jnp.ndarray:
-  """`log_weights` for a batch whose rows with mask 0 are padding: they get weight 0 (log -inf).
-
-  The weights are those of a batch of M = mask.sum() real examples.
+  Args:
+    rows: the batch positions of the samples z_i (an example's own posterior is special to the
+      stratified estimator).
+    mask: [M] 1 for the batch's real examples, 0 for padding, which gets weight 0 (log -inf); the
+      weights are those of a batch of M = mask.sum() real examples. An int M: a batch of M, all
+      real (the weights are then computed in double precision).
+    dataset_size: N.
+    estimator: one of `ESTIMATORS` (see the module docstring).
   """
-  m = jnp.sum(mask)
+  static = isinstance(mask, int)
+  xp = math if static else jnp
+  m, size = (mask, mask) if static else (jnp.sum(mask), mask.shape[0])
+  own = rows[:, None] == jnp.arange(size)[None, :]
   if estimator == "mws":
-    log_w = jnp.broadcast_to(-jnp.log(dataset_size * m), (mask.shape[0],) * 2)
+    log_w = jnp.broadcast_to(-xp.log(dataset_size * m), own.shape)
   elif estimator == "mss":
-    other = -jnp.inf
+    other = -math.inf  # N = 1: the batch's own example is the whole dataset.
     if dataset_size > 1:
-      other = math.log(dataset_size - 1) - jnp.log(dataset_size * jnp.maximum(m - 1, 1))
-    eye = jnp.eye(mask.shape[0], dtype=bool)
-    log_w = jnp.where(eye, -math.log(dataset_size), other)
+      others = max(m - 1, 1) if static else jnp.maximum(m - 1, 1)
+      other = math.log(dataset_size - 1) - xp.log(dataset_size * others)
+    log_w = jnp.where(own, -math.log(dataset_size), other)
   else:
     raise ValueError(
       f"Unknown total-correlation estimator {estimator!r}; choose one of {ESTIMATORS}."
     )
-  return jnp.where(mask[None, :] > 0, log_w, -jnp.inf)
+  return log_w if static else jnp.where(mask[None, :] > 0, log_w, -jnp.inf)
 
 
 def aggregate_log_densities(
@@ -82,23 +77,23 @@ def aggregate_log_densities(
   dataset_size: int,
   estimator: str = "mws",
   mask: jnp.ndarray | None = None,
+  rows: jnp.ndarray | None = None,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """Estimates of log q(z_i) [M] and of log q(z_i,d) [M, D] for each sample z_i of the batch.
+  """Estimates of log q(z_i) [b] and of log q(z_i,d) [b, D] for samples z_i of the batch.
 
   Args:
-    z: samples [M, D], z_i ~ q(z|x_i).
-    mu: posterior means [M, D].
+    z: samples [b, D], z_i ~ q(z|x_i): the whole batch, or some of its examples (`rows`).
+    mu: posterior means [M, D] of the whole batch (the mixture's components).
     logvar: posterior log-variances [M, D].
     dataset_size: N, the number of examples q(z) averages over.
     estimator: one of `ESTIMATORS`.
     mask: [M] 1 for real examples, 0 for padding (left out of every mixture); None: all real.
+    rows: [b] the batch positions of z's examples; None: z is the whole batch (b = M).
   """
+  rows = jnp.arange(z.shape[0]) if rows is None else rows
+  mask = mu.shape[0] if mask is None else mask
   pair = pairwise_log_density(z, mu, logvar)
-  if mask is None:
-    log_w = log_weights(z.shape[0], dataset_size, estimator)
-  else:
-    log_w = masked_log_weights(mask, dataset_size, estimator)
-  log_w = log_w.astype(pair.dtype)
+  log_w = log_weights(rows, mask, dataset_size, estimator).astype(pair.dtype)
   log_q_z = jax.nn.logsumexp(pair.sum(axis=-1) + log_w, axis=1)
   log_q_zd = jax.nn.logsumexp(pair + log_w[:, :, None], axis=1)
   return log_q_z, log_q_zd
@@ -111,15 +106,17 @@ def kl_decomposition(
   dataset_size: int,
   estimator: str = "mws",
   mask: jnp.ndarray | None = None,
+  rows: jnp.ndarray | None = None,
 ) -> dict[str, jnp.ndarray]:
-  """Per-sample MI, TC and dimension-wise KL [M] of a batch (args as `aggregate_log_densities`).
+  """Per-sample MI, TC and dimension-wise KL [b] (args as `aggregate_log_densities`).
 
   Returns:
     Dict with `mutual_information`, `total_correlation` and `dimwise_kl`; their sum is
     log q(z|x) - log p(z) of each sample.
   """
-  log_q_z, log_q_zd = aggregate_log_densities(z, mu, logvar, dataset_size, estimator, mask)
-  log_q_z_given_x = distributions.gaussian_log_density(z, mu, logvar)
+  log_q_z, log_q_zd = aggregate_log_densities(z, mu, logvar, dataset_size, estimator, mask, rows)
+  own = slice(None) if rows is None else rows
+  log_q_z_given_x = distributions.gaussian_log_density(z, mu[own], logvar[own])
   log_prod_q_zd = log_q_zd.sum(axis=-1)
   return {
     "mutual_information": log_q_z_given_x - log_q_z,

@@ -16,6 +16,7 @@ from vae_jax.models.btcvae import BetaTCVAE
 from vae_jax.models.factorvae import FactorVAE
 from vae_jax.models.hvae import HVAE
 from vae_jax.models.iaf import IAFVAE
+from vae_jax.models.stacked import StackedVAE
 from vae_jax.models.vae import CVAE, VAE
 from vae_jax.models.vqvae import VQVAE
 
@@ -39,6 +40,7 @@ MODELS: dict[str, type[Model]] = {
   "hvae": HVAE,
   "iaf": IAFVAE,
   "vqvae": VQVAE,
+  "stacked": StackedVAE,
 }
 
 

@@ -20,6 +20,7 @@ from vae_jax.models.upconv import UpConv
 
 INITS = ("flax", "pytorch")
 ARCHS = ("mlp", "conv")
+ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
 
 
 def _uniform(bound: float):
@@ -68,33 +69,35 @@ class Head(nn.Module):
 
 
 class MLPEncoder(nn.Module):
-  """Flattens the image and applies Dense+ReLU layers."""
+  """Flattens the image and applies Dense layers with `activation` ('relu' or 'tanh')."""
 
   hidden_sizes: Sequence[int]
   init_scheme: str = "flax"
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns features [batch, hidden_sizes[-1]]."""
     h = _join(x.reshape(x.shape[0], -1), cond)
     for size in self.hidden_sizes:
-      h = nn.relu(dense(size, h, self.init_scheme)(h))
+      h = ACTIVATIONS[self.activation](dense(size, h, self.init_scheme)(h))
     return h
 
 
 class MLPDecoder(nn.Module):
-  """Dense+ReLU layers (the encoder's sizes reversed), then one output per pixel."""
+  """Dense layers (the encoder's sizes reversed) with `activation`, then one output per pixel."""
 
   hidden_sizes: Sequence[int]
   output_shape: Sequence[int]
   init_scheme: str = "flax"
+  activation: str = "relu"
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns per-pixel outputs [batch, *output_shape]."""
     h = _join(z, cond)
     for size in reversed(self.hidden_sizes):
-      h = nn.relu(dense(size, h, self.init_scheme)(h))
+      h = ACTIVATIONS[self.activation](dense(size, h, self.init_scheme)(h))
     out = dense(math.prod(self.output_shape), h, self.init_scheme)(h)
     return out.reshape((z.shape[0], *self.output_shape))
 
@@ -191,9 +194,10 @@ def build_bodies(
 ) -> tuple[nn.Module, nn.Module]:
   """The (encoder, decoder) bodies named by `config.arch` (`config` is `config.model`)."""
   if config.arch == "mlp":
+    act = config.get("activation", "relu")
     return (
-      MLPEncoder(tuple(config.hidden_sizes), config.init_scheme),
-      MLPDecoder(tuple(config.hidden_sizes), tuple(image_shape), config.init_scheme),
+      MLPEncoder(tuple(config.hidden_sizes), config.init_scheme, act),
+      MLPDecoder(tuple(config.hidden_sizes), tuple(image_shape), config.init_scheme, act),
     )
   if config.arch == "conv":
     conv = dict(

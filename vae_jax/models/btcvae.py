@@ -82,16 +82,19 @@ class BetaTCVAE(VAE):
   ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The reweighting of the decomposition over the global batch, and its three terms.
 
-    Padding rows (mask 0) are left out of the estimates of log q(z) and of the means.
+    Each device estimates log q(z_i) for its own samples i against every posterior of the global
+    batch (gathered), so the [b, M, D] work shrinks with the number of devices. Padding rows
+    (mask 0) are left out of the estimates of log q(z) and of the means.
     """
     del rng
-    z, mu, logvar = (collectives.gather(v) for v in (outputs.z, *_posterior(outputs)))
-    mask = None if mask is None else collectives.gather(mask)
+    mu, logvar = (collectives.gather(v) for v in _posterior(outputs))
+    all_mask = None if mask is None else collectives.gather(mask)
+    rows = collectives.rows(outputs.z.shape[0])
     terms = total_correlation.kl_decomposition(
-      z, mu, logvar, self.dataset_size, self.estimator, mask
+      outputs.z, mu, logvar, self.dataset_size, self.estimator, all_mask, rows
     )
     mi, tc, dw_kl = (
-      _masked_mean(terms[k], mask)
+      _global_mean(collectives, terms[k], mask)
       for k in ("mutual_information", "total_correlation", "dimwise_kl")
     )
     loss = (self.alpha - 1.0) * mi + (self.beta - 1.0) * tc + (self.gamma - 1.0) * dw_kl
@@ -102,7 +105,8 @@ def _posterior(outputs: ModelOutput) -> tuple[jax.Array, jax.Array]:
   return outputs.stats["mu"], outputs.stats["logvar"]
 
 
-def _masked_mean(v: jax.Array, mask: jax.Array | None) -> jax.Array:
+def _global_mean(collectives: Collectives, v: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """The mean of per-example values over the global batch's real rows."""
   if mask is None:
-    return v.mean()
-  return jnp.sum(v * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return collectives.mean(v.mean())
+  return collectives.mean(jnp.sum(v * mask)) / jnp.maximum(collectives.mean(jnp.sum(mask)), 1e-12)

@@ -189,17 +189,24 @@ class FactorVAE(Model):
       rng: the step's batch key, the same on every device: it draws the permutations.
       mask: [batch] 0 for padding rows, which the TC and the real-sample loss leave out (the
         permuted samples are drawn from the whole gathered batch); None: all rows are real.
+
+    Each device runs D on its own rows of the batch and of its permutation, so D's work shrinks
+    with the number of devices.
     """
     z = outputs.z
     mean = _mean_over(collectives, mask)
     logits = self.discriminator(z, frozen=True)
     tc = mean(logits[:, 0] - logits[:, 1])
     real = jax.lax.stop_gradient(z)
-    permuted = permute_dims(collectives.gather(real), rng)
+    # The permutation runs over the global batch; each device scores its own rows of it.
+    permuted = permute_dims(collectives.gather(real), rng)[collectives.rows(z.shape[0])]
     terms = discriminator_terms(self.discriminator(real), self.discriminator(permuted))
     real_nll, real_correct = (mean(terms[k]) for k in ("real_nll", "real_correct"))
-    d_loss = 0.5 * (real_nll + terms["permuted_nll"].mean())
-    accuracy = 0.5 * (real_correct + terms["permuted_correct"].mean())
+    permuted_nll, permuted_correct = (
+      collectives.mean(terms[k].mean()) for k in ("permuted_nll", "permuted_correct")
+    )
+    d_loss = 0.5 * (real_nll + permuted_nll)
+    accuracy = 0.5 * (real_correct + permuted_correct)
     metrics = {"tc_estimate": tc, "discriminator_loss": d_loss, "discriminator_accuracy": accuracy}
     return self.gamma * tc + d_loss, metrics
 

@@ -9,6 +9,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
+import glob
 import os
 import shlex
 import signal
@@ -75,8 +76,36 @@ def forwarding_signals(signals: Sequence[int]):
       signal.signal(s, handler)
 
 
-def run_member(member: Member, cwd: str) -> int:
+def tpu_host() -> bool:
+  """Whether this machine has TPU chips (only one process may open them)."""
+  return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+
+
+def parallel_plan(max_parallel: int) -> tuple[int, dict[str, str]]:
+  """How many members may train at once here, and the environment they share the devices with.
+
+  Several JAX processes on one GPU each preallocate 75% of its memory: members get an equal share
+  (XLA_PYTHON_CLIENT_MEM_FRACTION) unless the user set one. A TPU host's chips open in one process
+  only: members run one at a time there (or use --vectorize to train them as one program).
+  """
+  if max_parallel == 1:
+    return 1, {}
+  if tpu_host():
+    print("TPU host: running one member at a time (use --vectorize to train them together).")
+    return 1, {}
+  share = f"{0.9 / max_parallel:.3f}"
+  return max_parallel, {
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", share)
+  }
+
+
+def run_member(member: Member, cwd: str, env: dict[str, str] | None = None) -> int:
   """Runs the member's command in `cwd`, appending its output to its train.log.
+
+  Args:
+    member: the member.
+    cwd: directory to run its command in.
+    env: environment variables added to this process's for the member.
 
   Returns:
     The command's exit code (`NOT_STARTED` once a stop signal arrived).
@@ -88,7 +117,9 @@ def run_member(member: Member, cwd: str) -> int:
     now = datetime.datetime.now().isoformat(timespec="seconds")
     log.write(f"=== {now} {shlex.join(member.command)}\n")
     log.flush()
-    proc = subprocess.Popen(member.command, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+      member.command, cwd=cwd, env=os.environ | (env or {}), stdout=log, stderr=subprocess.STDOUT
+    )
     _RUNNING.add(proc)
     try:
       return proc.wait()
@@ -103,8 +134,9 @@ def run_local(members: Sequence[Member], cwd: str, max_parallel: int) -> list[Me
     The members that failed.
   """
   failed = []
+  max_parallel, env = parallel_plan(max_parallel)
   with concurrent.futures.ThreadPoolExecutor(max_workers=max_parallel) as pool:
-    futures = {pool.submit(run_member, m, cwd): m for m in members}
+    futures = {pool.submit(run_member, m, cwd, env): m for m in members}
     print(f"Running {len(members)} members, at most {max_parallel} at a time.", flush=True)
     for future in concurrent.futures.as_completed(futures):
       member, code = futures[future], future.result()

@@ -50,11 +50,17 @@ class Program(Protocol):
   members: list[Member]
   steps_per_dispatch: int
 
-  def train(self, start: int, end: int) -> dict:
-    """Dispatches steps [start, end); returns their metrics summed over the steps (on device)."""
+  def train(self, start: int, end: int) -> jax.Array:
+    """Dispatches steps [start, end), adding their metrics to the sums kept on the device.
+
+    Returns a small output of the dispatch (not donated), to bound how many are in flight.
+    """
+
+  def take_metrics(self, restart: bool = True) -> dict:
+    """The metric sums (on device) since they were last taken; `restart` starts new sums."""
 
   def member_metrics(self, metrics: dict, i: int) -> dict:
-    """Member i's part of (host) metrics returned by `train`."""
+    """Member i's part of (host) metrics."""
 
   def evaluate(self, i: int, step: int) -> tuple[dict, dict]:
     """Member i's eval metrics (with `loss`) and TensorBoard images at `step`."""
@@ -141,13 +147,6 @@ def result_scalars(prefix: str, metrics: dict) -> dict[str, float]:
   return out
 
 
-def mean_metrics(history: list[tuple[dict, int]]) -> dict:
-  """Fetches (metrics summed over n steps, n) pairs from the devices; the mean over all steps."""
-  fetched = jax.device_get([sums for sums, _ in history])
-  total = sum(n for _, n in history)
-  return jax.tree.map(lambda *xs: np.sum(np.stack(xs), axis=0) / total, *fetched)
-
-
 def check_finite(metrics: dict, step: int) -> None:
   """Raises `NonFiniteLossError` when the logged loss is NaN or infinite."""
   if not np.isfinite(metrics["loss"]):
@@ -157,13 +156,27 @@ def check_finite(metrics: dict, step: int) -> None:
     )
 
 
-def _log_train(program: Program, history: list, step: int) -> None:
-  logged = mean_metrics(history)
-  for i, member in enumerate(program.members):
-    metrics = program.member_metrics(logged, i)
-    check_finite(metrics, step)
-    lr = {"train/learning_rate": float(member.lr_schedule(step - 1))}
-    member.writer.write_scalars(step, tensorboard_scalars("train", metrics) | lr)
+@dataclasses.dataclass
+class _Interval:
+  """Metric sums of the `steps` steps that ended at `step`, on the device until logged."""
+
+  step: int
+  steps: int
+  sums: dict
+
+  def fetch(self, program: Program) -> list[dict]:
+    """Each member's mean metrics, after checking they are finite."""
+    means = jax.tree.map(lambda v: np.asarray(v) / self.steps, jax.device_get(self.sums))
+    out = [program.member_metrics(means, i) for i in range(len(program.members))]
+    for metrics in out:
+      check_finite(metrics, self.step)
+    return out
+
+  def log(self, program: Program) -> None:
+    """Writes each member's mean train metrics and learning rate to TensorBoard."""
+    for member, metrics in zip(program.members, self.fetch(program), strict=True):
+      lr = {"train/learning_rate": float(member.lr_schedule(self.step - 1))}
+      member.writer.write_scalars(self.step, tensorboard_scalars("train", metrics) | lr)
 
 
 def _evaluate(program: Program, step: int) -> list[dict]:
@@ -177,19 +190,23 @@ def _evaluate(program: Program, step: int) -> list[dict]:
   return out
 
 
-def _save(program: Program, history: list, step: int, last_logged: int | None) -> None:
-  if last_logged != step and history:
-    last = mean_metrics(history[-1:])
-    for i in range(len(program.members)):
-      check_finite(program.member_metrics(last, i), step)
+def _save(program: Program, step: int, unlogged: int) -> None:
+  """Checkpoints every member at `step`, after checking its metrics since the last log."""
+  if unlogged:
+    _Interval(step, unlogged, program.take_metrics(restart=False)).fetch(program)
   for i, member in enumerate(program.members):
     member.checkpointer.save(step, program.state(i))
 
 
-def _stop(program: Program, history: list, step: int, last_logged: int | None, signum: int):
+def _log_pending(program: Program, pending: _Interval | None) -> None:
+  """Logs the interval waiting to be logged, if any; returns None (nothing is pending now)."""
+  if pending is not None:
+    pending.log(program)
+
+
+def _stop(program: Program, step: int, unlogged: int, signum: int):
   """Saves every member at `step`, closes their files and raises `preemption.Stopped`."""
-  program.block()
-  _save(program, history, step, last_logged)
+  _save(program, step, unlogged)
   for member in program.members:
     member.checkpointer.close()
     member.writer.flush()
@@ -217,37 +234,40 @@ def run_loop(
   """
   writer = metric_writers.MultiWriter([m.writer for m in program.members])
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  history, window, last_logged = [], DispatchWindow(), None
+  window, pending, unlogged = DispatchWindow(), None, 0
   eval_metrics, other_time = None, 0.0
   start = time.perf_counter()
   done = initial_step
   while done < total_steps:
-    step, done = (
-      done,
-      dispatch_end(done, program.steps_per_dispatch, total_steps, every_.as_tuple()),
-    )
-    metrics = program.train(step, done)
-    window.add(metrics["loss"])
-    history.append((metrics, done - step))
+    step = done
+    done = dispatch_end(step, program.steps_per_dispatch, total_steps, every_.as_tuple())
+    window.add(program.train(step, done))
+    unlogged += done - step
     report(done)
     if done % every_.log == 0 or done == total_steps:
-      _log_train(program, history, done)
-      history, last_logged = [], done
+      # Logged one interval late, so that fetching the sums never waits for the device.
+      if pending is not None:
+        pending.log(program)
+      pending, unlogged = _Interval(done, unlogged, program.take_metrics()), 0
     due_eval = done % every_.eval == 0 or done == total_steps
     due_save = done % every_.checkpoint == 0 or done == total_steps
     if due_eval or due_save:
       program.block()
       t0 = time.perf_counter()
+      pending = _log_pending(program, pending)
       if due_eval:
         with report.timed("eval"):
           eval_metrics = _evaluate(program, done)
       if due_save:
-        _save(program, history, done, last_logged)
+        _save(program, done, unlogged)
       other_time += time.perf_counter() - t0
     if stop is not None and stop.requested is not None and done < total_steps:
-      _stop(program, history, done, last_logged, stop.requested)
+      program.block()
+      _log_pending(program, pending)
+      _stop(program, done, unlogged, stop.requested)
   program.block()
   train_time = time.perf_counter() - start - other_time
+  _log_pending(program, pending)
   if eval_metrics is None:
     eval_metrics = _evaluate(program, total_steps)
   return eval_metrics, train_time

@@ -11,6 +11,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vae_jax.collectives import over_axis
@@ -23,6 +24,24 @@ DATA_COLLECTIVES = over_axis(DATA_AXIS)
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh over `devices` (default: all local devices) with axis `DATA_AXIS`."""
   return Mesh(np.array(devices if devices is not None else jax.local_devices()), (DATA_AXIS,))
+
+
+def split_batch_size(size: int, num_devices: int, field: str) -> int:
+  """An evaluation batch size rounded up to a multiple of the devices (padding is masked).
+
+  Evaluation numbers do not depend on the batch size, so `size` may be anything; the change is
+  logged once per field.
+  """
+  rounded = -(-size // num_devices) * num_devices
+  if rounded != size and (field, size, num_devices) not in _ROUNDED:
+    _ROUNDED.add((field, size, num_devices))
+    logging.info(
+      "%s=%d rounded up to %d to split over %d devices.", field, size, rounded, num_devices
+    )
+  return rounded
+
+
+_ROUNDED: set = set()
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

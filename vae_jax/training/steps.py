@@ -13,11 +13,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax import lax
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from vae_jax.collectives import LOCAL
 from vae_jax.data.preprocess import preprocess
 from vae_jax.losses import elbo
 from vae_jax.models import Model, ModelOutput
@@ -45,8 +47,9 @@ def forward_terms(
 ):
   """Preprocesses a batch, runs the model and returns the per-example objective terms.
 
-  With `objective.estimator='iwae'` the model runs on `objective.num_samples` posterior samples per
-  example and the terms are combined by `elbo.importance_weighted_terms`.
+  With `objective.num_samples` k > 1 the model runs on k posterior samples per example and the
+  terms are combined by `elbo.importance_weighted_terms`: averaged over the samples (the k-sample
+  ELBO of `estimator='elbo'`) and with the k-sample bound `iwae` (`estimator='iwae'`).
 
   Returns:
     `(terms, outputs)`, or `((terms, outputs), updated model_state)` when `mutable`.
@@ -60,7 +63,7 @@ def forward_terms(
   def one_sample(k):
     return model.apply(model_vars, x, k, y, mutable=collections)
 
-  if config.objective.estimator == "iwae":
+  if config.objective.estimator == "iwae" or config.objective.num_samples > 1:
     ids = jnp.arange(config.objective.num_samples)
     result = jax.vmap(one_sample)(sample_keys(eps_keys, ids))
     outputs, new_state = result if mutable else (result, None)
@@ -102,10 +105,13 @@ def importance_log_weights(
   return jax.vmap(one_sample)(sample_keys(eps_keys, sample_ids))
 
 
-def _batch_loss(model: Model, model_vars, outputs: ModelOutput, rng, mask=None, mutable=False):
-  """The model's `batch_loss` over the data axis; `mutable` lists the collections it may update."""
+def _batch_loss(
+  model: Model, model_vars, outputs: ModelOutput, rng, mask=None, mutable=False, collectives=None
+):
+  """The model's `batch_loss` (over the data axis by default); `mutable` lists what it updates."""
+  collectives = collectives or DATA_COLLECTIVES
   return model.apply(
-    model_vars, outputs, DATA_COLLECTIVES, rng, mask, method=model.batch_loss, mutable=mutable
+    model_vars, outputs, collectives, rng, mask, method=model.batch_loss, mutable=mutable
   )
 
 
@@ -117,28 +123,39 @@ def update(
   batch: dict,
   keys: jax.Array,
   rng_batch: jax.Array,
+  sharded: bool = True,
 ) -> tuple[TrainState, dict]:
   """One optimizer step of per-device code inside `shard_map` over `DATA_AXIS`.
 
   Computes gradients on this device's shard, averages them (and the metrics and mutable model
   state) with `lax.pmean`, and applies the optimizer. Pure in all its arguments, so a sweep can
-  `vmap` it over members whose `config` holds traced hyperparameters.
+  `vmap` it over members whose `config` holds traced hyperparameters. With `sharded=False` the
+  whole batch is on one device and there is nothing to average (no `shard_map` around it).
   """
+  collectives = DATA_COLLECTIVES if sharded else LOCAL
 
   def loss_fn(params):
     (terms, outputs), model_state = forward_terms(
       model, params, batch, keys, config, state.model_state, mutable=True
     )
-    loss, metrics = elbo.loss_from_terms(terms, config.objective, state.step, DATA_COLLECTIVES)
+    loss, metrics = elbo.loss_from_terms(terms, config.objective, state.step, collectives)
     if model.capabilities.batch_loss:
       # batch_loss sees the forward pass's state updates and may update the state further.
       (extra, extra_metrics), model_state = _batch_loss(
-        model, variables(params, model_state), outputs, rng_batch, mutable=list(model_state)
+        model,
+        variables(params, model_state),
+        outputs,
+        rng_batch,
+        mutable=list(model_state),
+        collectives=collectives,
       )
       loss = loss + extra
       metrics = {**metrics, **extra_metrics, "loss": loss}
     return loss, (metrics, model_state)
 
+  if not sharded:
+    grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
+    return _apply(tx, state, grads, metrics, model_state)
   # Parameters are replicated (device-invariant); differentiating them directly would make JAX
   # psum the per-device gradients itself. Casting to device-varying gives each device the
   # gradient of its own shard's loss, which the explicit pmean then averages.
@@ -147,6 +164,11 @@ def update(
   grads = lax.pmean(grads, DATA_AXIS)
   metrics = lax.pmean(metrics, DATA_AXIS)
   model_state = lax.pmean(model_state, DATA_AXIS)
+  return _apply(tx, state, grads, metrics, model_state)
+
+
+def _apply(tx, state: TrainState, grads, metrics: dict, model_state) -> tuple[TrainState, dict]:
+  """The optimizer's update of `state` with averaged `grads`; the metrics gain `grad_norm`."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics["grad_norm"] = optax.global_norm(grads)
@@ -156,20 +178,49 @@ def update(
   return new_state, metrics
 
 
+def pass_batch(arrays: dict, inputs: dict) -> dict:
+  """The `assemble` of the host path: the inputs are the batch (`arrays` is {})."""
+  del arrays
+  return inputs
+
+
 def global_step(
-  model: Model, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, mesh: Mesh
-) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-  """The unjitted train step: keys for the step, then `update` over the mesh with `shard_map`."""
+  model: Model,
+  tx: optax.GradientTransformation,
+  config: ml_collections.ConfigDict,
+  mesh: Mesh,
+  assemble: Callable[[dict, dict], dict] = pass_batch,
+) -> Callable[[TrainState, dict, dict, jax.Array], tuple[TrainState, dict]]:
+  """The unjitted train step `(state, arrays, inputs, rng) -> (state, metrics)`.
+
+  Keys for the step, then `update` over the mesh with `shard_map`. Each device assembles its shard
+  of the global batch from its shard of `inputs` and the replicated `arrays` (see `training.feed`;
+  with the default `assemble`, `inputs` is the batch itself and `arrays` is {}).
+  """
+
+  def per_device(state, arrays, inputs, keys, rng_batch, sharded=True):
+    return update(model, tx, config, state, assemble(arrays, inputs), keys, rng_batch, sharded)
+
+  if mesh.size == 1:  # One device: no shard_map, so no all-reduce over a single participant.
+
+    def one_device_step(state: TrainState, arrays: dict, inputs: dict, rng: jax.Array):
+      size = jax.tree.leaves(inputs)[0].shape[0]
+      keys, rng_batch = step_keys(rng, state.step, size)
+      return per_device(state, arrays, inputs, keys, rng_batch, sharded=False)
+
+    return one_device_step
+
   sharded = jax.shard_map(
-    functools.partial(update, model, tx, config),
+    per_device,
     mesh=mesh,
-    in_specs=(P(), P(DATA_AXIS), P(DATA_AXIS), P()),
+    in_specs=(P(), P(), P(DATA_AXIS), P(DATA_AXIS), P()),
     out_specs=(P(), P()),
   )
 
-  def one_step(state: TrainState, batch: dict, rng: jax.Array):
-    keys, rng_batch = step_keys(rng, state.step, batch["image"].shape[0])
-    return sharded(state, batch, keys, rng_batch)
+  def one_step(state: TrainState, arrays: dict, inputs: dict, rng: jax.Array):
+    size = jax.tree.leaves(inputs)[0].shape[0]
+    keys, rng_batch = step_keys(rng, state.step, size)
+    return sharded(state, arrays, inputs, keys, rng_batch)
 
   return one_step
 
@@ -177,7 +228,7 @@ def global_step(
 def make_train_step(
   model: Model, tx: optax.GradientTransformation, config: ml_collections.ConfigDict, mesh: Mesh
 ) -> Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]:
-  """Builds the jitted data-parallel train step.
+  """Builds the jitted data-parallel train step `(state, batch, rng) -> (state, metrics)`.
 
   Args:
     model: the model.
@@ -189,42 +240,57 @@ def make_train_step(
     `train_step(state, batch, rng)`. `rng` is the run's training key; example i of the batch uses
     fold_in(fold_in(rng, state.step), i); a model's `batch_loss` gets `keys.batch_key`.
   """
+  one_step = global_step(model, tx, config, mesh)
   return jax.jit(
-    global_step(model, tx, config, mesh),
+    lambda state, batch, rng: one_step(state, {}, batch, rng),
     donate_argnums=(0,),
     compiler_options=compile_options.step_options(),
   )
 
 
-def make_multi_step(
+def make_dispatch_steps(
   model: Model,
   tx: optax.GradientTransformation,
   config: ml_collections.ConfigDict,
   mesh: Mesh,
-) -> Callable[[TrainState, dict, jax.Array, int], tuple[TrainState, dict]]:
-  """Builds a jitted function that runs up to `config.steps_per_execution` steps in one dispatch.
+  assemble: Callable[[dict, dict], dict] = pass_batch,
+) -> tuple[Callable, Callable]:
+  """The training loop's two programs: one step, and several steps in one compiled loop.
 
-  `multi_step(state, batches, rng, n)` takes the next K = `steps_per_execution` global batches
-  stacked on a leading axis (unused trailing ones may hold anything) and runs the first `n` of them
-  through the per-device `update` in an XLA while loop, so one program serves every `n <= K`.
-  Each step's keys come from its own `state.step`, exactly as in `make_train_step`. Returns the
-  new state and the metrics summed over the `n` steps.
+  Both take `(state, arrays, inputs, rng, sums)` and return `(state, sums, loss)`: `inputs` are
+  one step's (for the first) or several steps' stacked on a leading axis (for the second, a
+  `lax.scan` whose length is known when it compiles: no host round trip per step); each step's
+  batch is `assemble(arrays, inputs)` (see `global_step`), each step's keys come from its own
+  `state.step`, so both give the same numbers; `sums`, the running metric sums (see
+  `zero_metrics`), gain the steps' metrics on the device, and `loss` is the last step's loss.
   """
-  one_step = global_step(model, tx, config, mesh)
+  one_step = global_step(model, tx, config, mesh, assemble)
 
-  @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=compile_options.step_options())
-  def multi_step(state: TrainState, batches: dict, rng: jax.Array, n):
-    def body(i, carry):
+  def scan_body(arrays, rng):
+    def body(carry, step_inputs):
       state, sums = carry
-      state, metrics = one_step(state, jax.tree.map(lambda b: b[i], batches), rng)
-      return state, jax.tree.map(jnp.add, sums, metrics)
+      state, metrics = one_step(state, arrays, step_inputs, rng)
+      return (state, jax.tree.map(jnp.add, sums, metrics)), metrics["loss"]
 
-    first = jax.tree.map(lambda b: b[0], batches)
-    shapes = jax.eval_shape(one_step, state, first, rng)[1]
-    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-    return lax.fori_loop(0, n, body, (state, zeros))
+    return body
 
-  return multi_step
+  def single(state, arrays, inputs, rng, sums):
+    (state, sums), loss = scan_body(arrays, rng)((state, sums), inputs)
+    return state, sums, loss
+
+  def multi(state, arrays, inputs, rng, sums):
+    (state, sums), losses = lax.scan(scan_body(arrays, rng), (state, sums), inputs)
+    return state, sums, losses[-1]
+
+  options = dict(donate_argnums=(0, 4), compiler_options=compile_options.step_options())
+  return jax.jit(single, **options), jax.jit(multi, **options)
+
+
+def zero_metrics(one_step: Callable, state, arrays, inputs, rng, sharding) -> dict:
+  """Zeros in the structure of one step's metrics, placed with `sharding` (a metric sum's start)."""
+  shapes = jax.eval_shape(one_step, state, arrays, inputs, rng)[1]
+  zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
+  return jax.device_put(zeros, sharding)
 
 
 def make_eval_step(

@@ -18,6 +18,7 @@ from vae_jax.models import Model, build_model
 from vae_jax.training import loop, optimizer, preemption, steps
 from vae_jax.training import mesh as meshes
 from vae_jax.training.checkpoints import Checkpointer
+from vae_jax.training.feed import Feed
 from vae_jax.training.keys import run_keys
 from vae_jax.training.state import TrainState, init_state, variables
 
@@ -30,7 +31,8 @@ def evaluate(
   The loss is the training objective at `step`: -recon plus the KL penalty (or -iwae), the
   model's `aux_loss`, and its batch loss averaged over the eval batches.
   """
-  batches = dataset.eval_batches(config.data.eval_batch_size)
+  size = meshes.split_batch_size(config.data.eval_batch_size, mesh.size, "data.eval_batch_size")
+  batches = dataset.eval_batches(size)
   totals = steps.sum_eval_batches(eval_step, model_vars, batches, mesh, rng)
   count = totals.pop("count")
   metrics = {k: v / count for k, v in totals.items()}
@@ -58,35 +60,57 @@ def initial_state(model: Model, tx, config, dataset: Dataset, mesh, workdir: str
 
 
 class SingleRun:
-  """The `loop.Program` of one run on a data-parallel mesh."""
+  """The `loop.Program` of one run on a data-parallel mesh.
+
+  A dispatch of `steps_per_execution` steps runs as one compiled loop (`steps.make_dispatch_steps`);
+  a shorter one (cut at a logging, evaluation or checkpoint step) as single steps, so that only
+  two programs are ever compiled. The metric sums stay on the device between logs.
+  """
 
   def __init__(self, config, workdir: str, dataset: Dataset, mesh, total_steps: int):
     self.config, self.dataset, self.mesh = config, dataset, mesh
     self.model = build_model(config.model, dataset.spec)
     own = self.model.param_optimizers(config.model)
-    tx, schedule = optimizer.make_optimizer(config.optimizer, total_steps, own)
+    stream = dataset.train_stream(config.data.batch_size, config.seed)
+    tx, schedule = optimizer.make_optimizer(
+      config.optimizer, total_steps, own, stream.steps_per_epoch
+    )
     self.keys = run_keys(config.seed)
     self.state_ = initial_state(self.model, tx, config, dataset, mesh, workdir)
-    self.stream = dataset.train_stream(config.data.batch_size, config.seed)
+    self.feed = Feed(stream, mesh, config.data.get("on_device", True))
     self.steps_per_dispatch = config.steps_per_execution
-    if self.steps_per_dispatch == 1:
-      self._step = steps.make_train_step(self.model, tx, config, mesh)
-    else:
-      self._step = steps.make_multi_step(self.model, tx, config, mesh)
+    args = (self.model, tx, config, mesh, self.feed.assemble)
+    self._single, self._multi = steps.make_dispatch_steps(*args)
+    self._zeros = steps.zero_metrics(
+      steps.global_step(*args),
+      self.state_,
+      self.feed.arrays,
+      self.feed.inputs(0, 1),
+      self.keys["train"],
+      meshes.replicated(mesh),
+    )
+    self._sums = jax.tree.map(lambda z: z.copy(), self._zeros)
     self._eval_step = steps.make_eval_step(self.model, config, mesh)
     writer = runs.metric_writer(workdir)
     checkpointer = Checkpointer(workdir, config.keep_checkpoints)
     self.members = [loop.Member(workdir, config, writer, checkpointer, schedule)]
 
-  def train(self, start: int, end: int) -> dict:  # noqa: D102
-    if self.steps_per_dispatch == 1:
-      batch = jax.device_put(self.stream.batch(start), meshes.batch_sharded(self.mesh))
-      self.state_, metrics = self._step(self.state_, batch, self.keys["train"])
-      return metrics
-    batches = stacked_batches(self.stream, start, end, self.steps_per_dispatch)
-    batches = jax.device_put(batches, meshes.stacked_batch_sharded(self.mesh))
-    self.state_, metrics = self._step(self.state_, batches, self.keys["train"], end - start)
-    return metrics
+  def train(self, start: int, end: int) -> jax.Array:  # noqa: D102
+    rng, arrays = self.keys["train"], self.feed.arrays
+    if end - start == self.steps_per_dispatch > 1:
+      inputs = self.feed.inputs(start, end)
+      self.state_, self._sums, loss = self._multi(self.state_, arrays, inputs, rng, self._sums)
+      return loss
+    for step in range(start, end):
+      inputs = self.feed.inputs(step, step + 1)
+      self.state_, self._sums, loss = self._single(self.state_, arrays, inputs, rng, self._sums)
+    return loss
+
+  def take_metrics(self, restart: bool = True) -> dict:  # noqa: D102
+    sums = self._sums
+    if restart:
+      self._sums = jax.tree.map(lambda z: z.copy(), self._zeros)
+    return sums
 
   def member_metrics(self, metrics: dict, i: int) -> dict:  # noqa: D102
     del i
@@ -109,13 +133,6 @@ class SingleRun:
 
   def block(self) -> None:  # noqa: D102
     jax.block_until_ready(self.state_)
-
-
-def stacked_batches(stream, start: int, end: int, size: int) -> dict[str, np.ndarray]:
-  """The global batches of steps [start, end) stacked on a leading axis, padded to `size` rows."""
-  batches = [stream.batch(s) for s in range(start, end)]
-  batches += batches[-1:] * (size - len(batches))
-  return jax.tree.map(lambda *b: np.stack(b), *batches)
 
 
 def train_and_evaluate(

@@ -29,6 +29,7 @@ from vae_jax.models import build_model
 from vae_jax.training import compile_options, loop, optimizer, preemption, steps, train
 from vae_jax.training import mesh as meshes
 from vae_jax.training.checkpoints import Checkpointer
+from vae_jax.training.feed import Feed
 from vae_jax.training.keys import run_keys, step_keys
 from vae_jax.training.mesh import DATA_AXIS
 from vae_jax.training.state import variables
@@ -82,34 +83,60 @@ def make_member_mesh(num_members: int, devices=None) -> Mesh:
   return Mesh(devices.reshape(member, devices.size // member), (MEMBER_AXIS, DATA_AXIS))
 
 
-def make_vectorized_train_step(model, base: ml_collections.ConfigDict, total_steps: int, mesh):
-  """Jitted `(states, batches, rngs, hparams) -> (states, metrics)` over stacked members."""
+def member_steps(
+  model, base: ml_collections.ConfigDict, total_steps: int, mesh, assemble, steps_per_epoch: int
+):
+  """The vectorized step, unjitted: `(states, arrays, inputs, rngs, hparams) -> (states, metrics)`.
+
+  `inputs` holds each member's step inputs on a leading member axis; each member assembles its
+  batch from them and the shared `arrays` (see `training.feed`).
+  """
   own = model.param_optimizers(base.model)
 
-  def member_update(state, batch, keys, rng_batch, hparams):
+  def member_update(state, arrays, inputs, keys, rng_batch, hparams):
     config = traced_config(base, hparams)
-    tx, _ = optimizer.make_optimizer(config.optimizer, total_steps, own)
+    tx, _ = optimizer.make_optimizer(config.optimizer, total_steps, own, steps_per_epoch)
+    batch = assemble(arrays, inputs)
     return steps.update(model, tx, config, state, batch, keys, rng_batch)
 
+  member, data = P(MEMBER_AXIS), P(MEMBER_AXIS, DATA_AXIS)
   sharded = jax.shard_map(
-    jax.vmap(member_update),
+    jax.vmap(member_update, in_axes=(0, None, 0, 0, 0, 0)),
     mesh=mesh,
-    in_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS, DATA_AXIS), P(MEMBER_AXIS, DATA_AXIS))
-    + (P(MEMBER_AXIS), P(MEMBER_AXIS)),
-    out_specs=(P(MEMBER_AXIS), P(MEMBER_AXIS)),
+    in_specs=(member, P(), data, data, member, member),
+    out_specs=(member, member),
   )
 
-  @functools.partial(jax.jit, donate_argnums=(0,), compiler_options=compile_options.step_options())
-  def train_step(states, batches, rngs, hparams):
-    size = batches["image"].shape[1]
+  def step(states, arrays, inputs, rngs, hparams):
+    size = jax.tree.leaves(inputs)[0].shape[1]
     keys, rng_batch = jax.vmap(lambda r, s: step_keys(r, s, size))(rngs, states.step)
-    return sharded(states, batches, keys, rng_batch, hparams)
+    return sharded(states, arrays, inputs, keys, rng_batch, hparams)
+
+  return step
+
+
+def make_vectorized_train_step(
+  model, base, total_steps: int, mesh, assemble=steps.pass_batch, steps_per_epoch: int = 1
+):
+  """Jitted `(states, arrays, inputs, rngs, hparams, sums) -> (states, sums, loss)`.
+
+  `sums` are the members' running metric sums on the device; `loss` the step's losses.
+  """
+  step = member_steps(model, base, total_steps, mesh, assemble, steps_per_epoch)
+
+  @functools.partial(
+    jax.jit, donate_argnums=(0, 5), compiler_options=compile_options.step_options()
+  )
+  def train_step(states, arrays, inputs, rngs, hparams, sums):
+    states, metrics = step(states, arrays, inputs, rngs, hparams)
+    return states, jax.tree.map(jnp.add, sums, metrics), metrics["loss"]
 
   return train_step
 
 
 def _stack(trees: list):
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+  """Trees stacked on a new leading axis, on the host (then placed where they belong)."""
+  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
 
 class Members:
@@ -125,9 +152,11 @@ class Members:
     self.model = build_model(base.model, dataset.spec)
     own = self.model.param_optimizers(base.model)
     self.keys = [run_keys(c.seed) for c in configs]
+    self.streams = [dataset.train_stream(c.data.batch_size, c.seed) for c in configs]
+    spe = self.streams[0].steps_per_epoch
     states = []
     for config, workdir in zip(configs, workdirs, strict=True):
-      tx, _ = optimizer.make_optimizer(config.optimizer, total_steps, own)
+      tx, _ = optimizer.make_optimizer(config.optimizer, total_steps, own, spe)
       states.append(train.initial_state(self.model, tx, config, dataset, self.eval_mesh, workdir))
     resumed = sorted({int(s.step) for s in states})
     if len(resumed) > 1:
@@ -141,8 +170,18 @@ class Members:
     self.train_rngs = jax.device_put(jnp.stack([k["train"] for k in self.keys]), member_sharding)
     hparams = member_hparams(configs)
     self.hparams = jax.device_put({k: jnp.asarray(v) for k, v in hparams.items()}, member_sharding)
-    self.streams = [dataset.train_stream(c.data.batch_size, c.seed) for c in configs]
-    self._step = make_vectorized_train_step(self.model, base, total_steps, self.mesh)
+    self.feed = Feed(self.streams[0], self.mesh, base.data.get("on_device", True))
+    assemble = self.feed.assemble
+    args = (self.model, base, total_steps, self.mesh, assemble, spe)
+    self._step = make_vectorized_train_step(*args)
+    step = member_steps(*args)
+    shapes = jax.eval_shape(
+      step, self.states, self.feed.arrays, self._inputs(0), self.train_rngs, self.hparams
+    )[1]
+    self._zeros = jax.device_put(
+      jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes), member_sharding
+    )
+    self._sums = jax.tree.map(lambda z: z.copy(), self._zeros)
     self._eval_step = steps.make_eval_step(self.model, base, self.eval_mesh)
     self.members = [
       loop.Member(
@@ -150,17 +189,29 @@ class Members:
         config,
         runs.metric_writer(workdir),
         Checkpointer(workdir, config.keep_checkpoints),
-        optimizer.make_optimizer(config.optimizer, total_steps, own)[1],
+        optimizer.make_optimizer(config.optimizer, total_steps, own, spe)[1],
       )
       for config, workdir in zip(configs, workdirs, strict=True)
     ]
 
-  def train(self, start: int, end: int) -> dict:  # noqa: D102
-    del end
-    batch = _stack([s.batch(start) for s in self.streams])
-    batch = jax.device_put(batch, NamedSharding(self.mesh, P(MEMBER_AXIS, DATA_AXIS)))
-    self.states, metrics = self._step(self.states, batch, self.train_rngs, self.hparams)
-    return metrics
+  def _inputs(self, step: int) -> dict:
+    """Every member's inputs of `step`, stacked on the member axis and sharded over the mesh."""
+    inputs = _stack([self.feed.host_inputs(step, s) for s in self.streams])
+    return jax.device_put(inputs, NamedSharding(self.mesh, P(MEMBER_AXIS, DATA_AXIS)))
+
+  def train(self, start: int, end: int) -> jax.Array:  # noqa: D102
+    arrays = self.feed.arrays
+    for step in range(start, end):
+      self.states, self._sums, loss = self._step(
+        self.states, arrays, self._inputs(step), self.train_rngs, self.hparams, self._sums
+      )
+    return loss
+
+  def take_metrics(self, restart: bool = True) -> dict:  # noqa: D102
+    sums = self._sums
+    if restart:
+      self._sums = jax.tree.map(lambda z: z.copy(), self._zeros)
+    return sums
 
   def member_metrics(self, metrics: dict, i: int) -> dict:  # noqa: D102
     return jax.tree.map(lambda v: v[i], metrics)

@@ -1,0 +1,139 @@
+"""The IWAE protocol's training step in vae_jax against a minimal fused JAX loop (same math).
+
+    python -m benchmarks.iwae_protocol [--k=1] [--rounds=5] [--steps=1000] [--manual_dir=DIR]
+
+Both train the one-layer model of `experiments/iwae_table1` (784-200-200-50, tanh, Bernoulli,
+dynamic binarization, batch 20, Adam eps 1e-4) on MNIST kept on the device (random images when
+`--manual_dir` is not given), `--steps` steps per dispatch in one compiled `lax.scan`. The
+minimal loop is the same computation written directly in JAX (no model classes, no metrics, no
+shard_map); vae_jax is its trainer (`training.train.SingleRun`) as a run uses it. Rounds alternate
+in one process; prints ms per step of each (median of rounds) and vae_jax's overhead ratio.
+"""
+
+import argparse
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.iwae_table1 import config as table1
+
+
+def _images(manual_dir: str | None) -> np.ndarray:
+  if manual_dir:
+    from vae_jax.data import load_dataset
+
+    config = table1.get_config()
+    config.data.manual_dir = manual_dir
+    return load_dataset(config.data).train_images
+  return np.random.default_rng(0).integers(0, 256, (60_000, 28, 28, 1), np.uint8)
+
+
+def _dense(key, fan_in, fan_out):
+  return {
+    "w": jax.random.normal(key, (fan_in, fan_out)) / math.sqrt(fan_in),
+    "b": jnp.zeros(fan_out),
+  }
+
+
+def minimal_loop(images: np.ndarray, k: int, steps: int):
+  """A jitted `(state, start) -> state` running `steps` batch-20 steps of the protocol."""
+  sizes = [(784, 200), (200, 200), (200, 100), (50, 200), (200, 200), (200, 784)]
+  keys = jax.random.split(jax.random.key(0), len(sizes))
+  params = [_dense(kk, i, o) for kk, (i, o) in zip(keys, sizes, strict=True)]
+  tx = optax.adam(1e-3, eps=1e-4)
+  data = jax.device_put(images.reshape(len(images), -1))
+  perm = jax.device_put(np.random.default_rng(0).permutation(len(images)).astype(np.int32))
+
+  def mlp(layers, h):
+    for i, layer in enumerate(layers):
+      h = h @ layer["w"] + layer["b"]
+      if i < len(layers) - 1:
+        h = jnp.tanh(h)
+    return h
+
+  def loss(params, x, keys):
+    mu, logvar = jnp.split(mlp(params[:3], x), 2, axis=-1)
+    eps = jax.vmap(lambda kk: jax.random.normal(kk, (k, 50)))(keys)
+    z = mu[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps
+    logits = mlp(params[3:], z)
+    recon = jnp.sum(
+      x[:, None] * jax.nn.log_sigmoid(logits) + (1 - x[:, None]) * jax.nn.log_sigmoid(-logits), -1
+    )
+    kl = 0.5 * jnp.sum(jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar, -1)
+    return -jnp.mean(jnp.mean(recon, 1) - kl)
+
+  def step(carry, i):
+    params, opt_state, rng = carry
+    idx = jax.lax.dynamic_slice(perm, ((i * 20) % 59_980,), (20,))
+    keys = jax.random.split(jax.random.fold_in(rng, i), 20)
+    x = jax.vmap(lambda kk, v: jax.random.bernoulli(kk, v).astype(jnp.float32))(
+      keys, data[idx] / 255.0
+    )
+    grads = jax.grad(loss)(params, x, keys)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return (optax.apply_updates(params, updates), opt_state, rng), None
+
+  @jax.jit
+  def run(state, start):
+    return jax.lax.scan(step, state, start + jnp.arange(steps))[0]
+
+  return run, (params, tx.init(params), jax.random.key(1))
+
+
+def vae_jax_program(images: np.ndarray, k: int, steps: int):
+  """The trainer a run of the protocol uses, on the same images."""
+  import tempfile
+
+  from vae_jax import configuration
+  from vae_jax.data import ArrayDataset
+  from vae_jax.training import mesh as meshes
+  from vae_jax.training import train
+
+  config = table1.get_config()
+  config.update_from_flattened_dict(table1.cell_overrides(f"vae1_k{k}"))
+  config.steps_per_execution = steps
+  configuration.resolve(config)
+  labels = np.zeros(len(images), np.int32)
+  dataset = ArrayDataset(images, labels, images[:100], labels[:100], 10)
+  workdir = tempfile.mkdtemp(prefix="iwae_protocol_")
+  return train.SingleRun(config, workdir, dataset, meshes.make_mesh(), 10**9)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--k", type=int, default=1)
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=1000)
+  parser.add_argument("--manual_dir", default=None)
+  args = parser.parse_args()
+  images = _images(args.manual_dir)
+  run, state = minimal_loop(images, args.k, args.steps)
+  program = vae_jax_program(images, args.k, args.steps)
+  state = jax.block_until_ready(run(state, 0))
+  program.train(0, args.steps)
+  program.block()
+  times = {"minimal": [], "vae_jax": []}
+  done = args.steps
+  for r in range(args.rounds):
+    for name in ("minimal", "vae_jax") if r % 2 == 0 else ("vae_jax", "minimal"):
+      start = time.perf_counter()
+      if name == "minimal":
+        state = jax.block_until_ready(run(state, done))
+      else:
+        program.train(done, done + args.steps)
+        program.block()
+      times[name].append((time.perf_counter() - start) / args.steps * 1e3)
+    done += args.steps
+  med = {name: float(np.median(t)) for name, t in times.items()}
+  print(f"IWAE protocol, k={args.k}, batch 20, {args.steps} steps per dispatch, {jax.devices()}")
+  for name, t in times.items():
+    print(f"{name:<8} median {med[name]:.3f} ms/step  rounds {[round(v, 3) for v in t]}")
+  print(f"vae_jax / minimal: {med['vae_jax'] / med['minimal']:.3f}x the time per step")
+
+
+if __name__ == "__main__":
+  main()
