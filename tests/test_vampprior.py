@@ -14,7 +14,7 @@ from vae_jax.errors import ConfigError
 from vae_jax.evaluation import suite as eval_suite
 from vae_jax.losses import distributions
 from vae_jax.models import build_model
-from vae_jax.models.vampprior import VampPriorVAE, mixture_log_density
+from vae_jax.models.vampprior import mixture_log_density
 from vae_jax.training import keys as prng
 from vae_jax.training import mesh as meshes
 from vae_jax.training import state as state_lib

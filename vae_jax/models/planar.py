@@ -1,5 +1,4 @@
-"""VAE with a planar-flow posterior (Rezende & Mohamed 2015, "Variational inference with
-normalizing flows").
+"""Planar-flow VAE (Rezende & Mohamed 2015, "Variational Inference with Normalizing Flows").
 
 Each step is f(z) = z + u' h(w^T z + b) with h = tanh. Its Jacobian is I + u' psi(z)^T with
 psi(z) = h'(w^T z + b) w, so log|det df/dz| = log|1 + u'^T psi(z)| (matrix determinant lemma).
@@ -8,10 +7,10 @@ u' = u + (m(w^T u) - w^T u) w / ||w||^2 with m(x) = -1 + softplus(x), which make
 m(w^T u) > -1 for every u and w != 0.
 
 The flow parameters are amortised, as in the paper: the encoder head gives the base Gaussian
-N(mu, exp(logvar)) and, per example, (u_k, w_k, b_k) of every step k. z_0 = mu + sigma * eps goes
-through the K steps; log q(z_K|x) = log N(z_0; mu, exp(logvar)) - sum_k log|det_k|, and the KL is the
-single-sample Monte Carlo estimate log q(z_K|x) - log p(z_K) with p = N(0, I): the model reports
-`log_q_z` and `log_p_z` and no `kl_per_dim`.
+N(mu, exp(logvar)) and, per example, (u_k, w_k, b_k) of every step k. z_0 = mu + sigma * eps
+goes through the K steps; log q(z_K|x) = log N(z_0; mu, exp(logvar)) - sum_k log|det_k|, and the
+KL is the single-sample Monte Carlo estimate log q(z_K|x) - log p(z_K) with p = N(0, I): the model
+reports `log_q_z` and `log_p_z` and no `kl_per_dim`.
 
 `encode` returns the flow applied to the base mean with zero noise (z_K at eps = 0, a point in the
 decoder's space, as the IAF family does) and the BASE Gaussian's log-variance.
@@ -106,10 +105,7 @@ class PlanarVAE(Model):
   def validate(cls, config: ml_collections.ConfigDict) -> None:
     """At least one step."""
     k = config.model.planar.flows
-    require(
-      isinstance(k, int) and not isinstance(k, bool) and k >= 1,
-      f"model.planar.flows={k!r} must be a whole number >= 1.",
-    )
+    require(k >= 1, f"model.planar.flows={k} must be >= 1.")
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "PlanarVAE":
@@ -131,7 +127,7 @@ class PlanarVAE(Model):
       self.log_sigma = self.param("log_sigma", nn.initializers.zeros, ())
 
   def posterior_params(self, x: jax.Array) -> tuple[jax.Array, ...]:
-    """(mu, logvar) [batch, d] of the base Gaussian and the flow's u, w [batch, K, d], b [batch, K]."""
+    """(mu, logvar) [batch, d] of the base Gaussian, the flow's u, w [batch, K, d], b [batch, K]."""
     d, k = self.latent_dim, self.num_flows
     params = self.posterior_head(self.encoder(x))
     mu, logvar = params[:, :d], params[:, d : 2 * d]

@@ -15,7 +15,6 @@ and no `kl_per_dim`. `generate` picks a pseudo-input uniformly and samples its p
 import math
 from collections.abc import Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -75,13 +74,10 @@ class VampPriorVAE(VAE):
 
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:
-    """K is a whole number >= 1; the initial mean lies in [0, 1], the std is >= 0."""
+    """K >= 1; the initial mean lies in [0, 1], the std is >= 0."""
     c = config.model.vampprior
     k = c.num_pseudo_inputs
-    require(
-      isinstance(k, int) and not isinstance(k, bool) and k >= 1,
-      f"model.vampprior.num_pseudo_inputs={k!r} must be a whole number >= 1.",
-    )
+    require(k >= 1, f"model.vampprior.num_pseudo_inputs={k} must be >= 1.")
     mean, std = c.pseudo_init_mean, c.pseudo_init_std
     require(
       0.0 <= mean <= 1.0,
