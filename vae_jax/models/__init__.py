@@ -16,8 +16,10 @@ from vae_jax.models.btcvae import BetaTCVAE
 from vae_jax.models.factorvae import FactorVAE
 from vae_jax.models.hvae import HVAE
 from vae_jax.models.iaf import IAFVAE
+from vae_jax.models.planar import PlanarVAE
 from vae_jax.models.stacked import StackedVAE
 from vae_jax.models.vae import CVAE, VAE
+from vae_jax.models.vampprior import VampPriorVAE
 from vae_jax.models.vqvae import VQVAE
 
 __all__ = [
@@ -39,6 +41,8 @@ MODELS: dict[str, type[Model]] = {
   "factorvae": FactorVAE,
   "hvae": HVAE,
   "iaf": IAFVAE,
+  "planar": PlanarVAE,
+  "vampprior": VampPriorVAE,
   "vqvae": VQVAE,
   "stacked": StackedVAE,
 }
