@@ -7,14 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import dsprites_dipvae
 from tests import test_steps
 from tests.conftest import tiny_config
-from tests.test_mmd import check_eval_batch_loss_leaves_padding_out, device_count_metrics
+from tests.test_mmd import check_eval_batch_loss_leaves_padding_out, device_count_metrics, shrink
 from vae_jax import configuration
 from vae_jax.collectives import LOCAL
 from vae_jax.errors import ConfigError
 from vae_jax.models import ModelOutput, build_model
 from vae_jax.models.dipvae import aggregate_covariance, covariance_terms
+from vae_jax.training import mesh as meshes
+from vae_jax.training import train
 
 
 def _model(dip_type="ii", lambda_od=3.0, lambda_d_factor=None, dataset=None):
@@ -123,3 +126,18 @@ def test_invalid_dipvae_config_names_the_field(overrides, field):
   config = tiny_config(**{"model.name": "dipvae", **overrides})
   with pytest.raises(ConfigError, match=field):
     configuration.validate(config, 1)
+
+
+@pytest.mark.slow
+def test_the_dsprites_config_trains_end_to_end(tmp_path):
+  config = shrink(
+    dsprites_dipvae.get_config("quick"),
+    **{"num_train_steps": 2, "data.batch_size": 8, "data.num_eval_examples": 16},
+  )
+  config.update_from_flattened_dict({"eval_every_steps": 2, "checkpoint_every_steps": 2})
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(config, workdir, mesh=meshes.make_mesh(jax.devices()[:2]))
+  assert results["step"] == 2
+  c = config.model.dipvae
+  expected = c.lambda_od * (results["eval_dip_off_diagonal"] + results["eval_dip_diagonal"])
+  np.testing.assert_allclose(results["eval_batch_loss"], expected, rtol=1e-5)

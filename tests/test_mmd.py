@@ -1,6 +1,7 @@
 """The unbiased MMD against closed forms and large samples, and the WAE and InfoVAE models."""
 
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import mnist_infovae, mnist_wae
 from tests import test_steps
 from tests.conftest import tiny_config
 from vae_jax import configuration
@@ -16,10 +18,12 @@ from vae_jax.data.pipeline import eval_batches
 from vae_jax.errors import ConfigError
 from vae_jax.losses import mmd
 from vae_jax.models import build_model
+from vae_jax.tools import generation, open_run
+from vae_jax.tools import reconstruction as recon_tools
 from vae_jax.training import keys as prng
 from vae_jax.training import mesh as meshes
 from vae_jax.training import state as state_lib
-from vae_jax.training import steps
+from vae_jax.training import steps, train
 
 SCALES = (0.5, 1.0, 2.0)
 _replicated_mmd = jax.jit(
@@ -244,3 +248,45 @@ def check_eval_batch_loss_leaves_padding_out(dataset, config, num_real=28) -> No
     {"params": params}, outputs, LOCAL, prng.batch_key(rng, 0), method=model.batch_loss
   )
   np.testing.assert_allclose(sums["batch_loss"] / num_real, expected, rtol=1e-4)
+
+
+def shrink(config, **overrides):
+  """A shipped config cut down to a few seconds of training, its family fields untouched."""
+  config.update_from_flattened_dict(
+    {
+      "num_train_steps": 8,
+      "log_every_steps": 4,
+      "eval_every_steps": 8,
+      "checkpoint_every_steps": 8,
+      "steps_per_execution": 1,
+      "num_prior_samples": 4,
+      "num_image_examples": 4,
+      "num_traversal_inputs": 2,
+      "data.eval_batch_size": 40,
+      **overrides,
+    }
+  )
+  return config
+
+
+@pytest.mark.parametrize("config_module", [mnist_wae, mnist_infovae])
+def test_the_mnist_configs_train_end_to_end_and_the_tools_read_the_run(
+  dataset, tmp_path, config_module
+):
+  config = shrink(
+    config_module.get_config(), **{"data.batch_size": 32, "model.hidden_sizes": (32,)}
+  )
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(
+    config, workdir, mesh=meshes.make_mesh(jax.devices()[:2]), dataset=dataset
+  )
+  weight = config.model[config.model.name].mmd_weight
+  assert results["step"] == 8 and np.isfinite(results["eval_loss"])
+  np.testing.assert_allclose(results["eval_batch_loss"], weight * results["eval_mmd"], rtol=1e-5)
+  run = open_run(workdir, dataset=dataset)
+  for files in (
+    generation.run_sample(run, num=4)["files"],
+    recon_tools.run_reconstruct(run, num=4)["files"],
+    generation.run_interpolate(run, index_a=0, index_b=1, steps=4)["files"],
+  ):
+    assert all(os.path.exists(f) for f in files) and files
