@@ -4,8 +4,9 @@ As the paper's MNIST run: an 8-d code, batch 100, lambda = 10 on the MMD of the 
 over the authors' scales (0.1 ... 10) of C = 2 d, and the cost c(x, y) = 0.05 ||x - y||^2 of their
 code, which is -log N(x | x_hat, 10 I) up to a constant (so `recon` in the logs is that Gaussian's
 log-likelihood, constant included). Not as the paper: the MLP bodies instead of its DCGAN-style
-convolutional ones with batch norm, Adam's default b1 = 0.9 (the paper 0.5), a constant learning
-rate 1e-3 and 10 epochs (the paper decays it over 100), and an unbounded decoder mean.
+convolutional ones with batch norm, no encoder pre-training, Adam's default b1 = 0.9 (the authors'
+0.5), a constant learning rate 1e-3 and 10 epochs (they decay it over 100), and an unbounded
+decoder mean.
 """
 
 import math

@@ -20,12 +20,15 @@ from vae_jax.training import mesh as meshes
 from vae_jax.training import train
 
 
-def _model(dip_type="ii", lambda_od=3.0, lambda_d_factor=None, dataset=None):
-  overrides = {"model.name": "dipvae", "model.dipvae.type": dip_type}
-  overrides["model.dipvae.lambda_od"] = lambda_od
-  if lambda_d_factor is not None:
-    overrides["model.dipvae.lambda_d_factor"] = lambda_d_factor
-  config = tiny_config(**overrides)
+def _model(dip_type="ii", lambda_od=3.0, lambda_d_factor=1.0, dataset=None):
+  config = tiny_config(
+    **{
+      "model.name": "dipvae",
+      "model.dipvae.type": dip_type,
+      "model.dipvae.lambda_od": lambda_od,
+      "model.dipvae.lambda_d_factor": lambda_d_factor,
+    }
+  )
   return config, build_model(config.model, dataset.spec)
 
 
@@ -49,14 +52,13 @@ def _numpy_penalty(mu, logvar, dip_type, lambda_od, lambda_d):
   return lambda_od * np.sum(off**2) + lambda_d * np.sum((np.diag(cov) - 1.0) ** 2)
 
 
-def test_default_lambda_d_is_disentanglement_lib_s_factor_of_lambda_od(dataset):
-  assert _model("i", 3.0, dataset=dataset)[1].lambda_d == 30.0
+def test_lambda_d_is_the_factor_times_lambda_od(dataset):
+  assert _model("i", 3.0, 10.0, dataset=dataset)[1].lambda_d == 30.0
   assert _model("ii", 3.0, dataset=dataset)[1].lambda_d == 3.0
-  assert _model("i", 3.0, 2.0, dataset=dataset)[1].lambda_d == 6.0
 
 
 def test_penalty_is_zero_when_the_covariance_is_the_identity(dataset):
-  _, dip_i = _model("i", 10.0, dataset=dataset)
+  _, dip_i = _model("i", 10.0, 10.0, dataset=dataset)
   _, dip_ii = _model("ii", 10.0, dataset=dataset)
   mu = _identity_batch()
   loss, metrics = _penalty(dip_i, mu, jnp.full_like(mu, -3.0))

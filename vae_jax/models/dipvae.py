@@ -9,9 +9,10 @@ with Cov = Cov[mu(x)] for type 'i' and Cov = Cov[mu(x)] + E[diag(sigma^2(x))] (t
 q(z) itself) for type 'ii', over the GLOBAL batch: `batch_loss` gathers mu and logvar over the
 devices, so the penalty does not depend on the device count. As in disentanglement_lib
 (`dip_vae` in methods/unsupervised/vae.py) the covariance divides by the batch size (not the batch
-size - 1), lambda_d = lambda_d_factor * lambda_od, and the factor is 10 for type 'i' and 1 for type
-'ii' (its unsupervised study's settings; lambda_od is swept over 1, 2, 5, 10, 20, 50 there). The
-ELBO's KL keeps its weight `objective.beta` (1 in the paper and disentanglement_lib).
+size - 1) and lambda_d = lambda_d_factor * lambda_od. Its unsupervised study sets the factor to 10
+for type 'i' and 1 for type 'ii' and sweeps lambda_od over 1, 2, 5, 10, 20, 50; the defaults here
+are type 'ii' with factor 1 (set `lambda_d_factor=10` with `type='i'`). The ELBO's KL keeps its
+weight `objective.beta` (1 in the paper and disentanglement_lib).
 
 Parameters are the plain VAE's, so every tool that reads a VAE reads a DIP-VAE.
 """
@@ -27,7 +28,6 @@ from vae_jax.models.base import Capabilities, ModelOutput
 from vae_jax.models.vae import VAE, vae_kwargs
 
 TYPES = ("i", "ii")
-DEFAULT_LAMBDA_D_FACTOR = {"i": 10.0, "ii": 1.0}  # disentanglement_lib's unsupervised study.
 
 
 def aggregate_covariance(
@@ -69,8 +69,8 @@ class DIPVAE(VAE):
 
   @classmethod
   def family_config(cls) -> ml_collections.ConfigDict:
-    """type, lambda_od and lambda_d_factor (None: disentanglement_lib's factor for the type)."""
-    return ml_collections.ConfigDict({"type": "ii", "lambda_od": 10.0, "lambda_d_factor": None})
+    """type, lambda_od and lambda_d_factor (lambda_d = factor * lambda_od): DIP-VAE-II's."""
+    return ml_collections.ConfigDict({"type": "ii", "lambda_od": 10.0, "lambda_d_factor": 1.0})
 
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:
@@ -79,8 +79,7 @@ class DIPVAE(VAE):
     require_choice(c.type, TYPES, "model.dipvae.type")
     require(c.lambda_od >= 0, f"model.dipvae.lambda_od={c.lambda_od} must be >= 0.")
     require(
-      c.lambda_d_factor is None or c.lambda_d_factor >= 0,
-      f"model.dipvae.lambda_d_factor={c.lambda_d_factor} must be >= 0 (or None for the default).",
+      c.lambda_d_factor >= 0, f"model.dipvae.lambda_d_factor={c.lambda_d_factor} must be >= 0."
     )
     require(
       config.data.batch_size >= 2,
@@ -91,12 +90,11 @@ class DIPVAE(VAE):
   def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "DIPVAE":
     """The VAE of `config.model` with the penalty of `config.model.dipvae`."""
     c = config.dipvae
-    factor = DEFAULT_LAMBDA_D_FACTOR[c.type] if c.lambda_d_factor is None else c.lambda_d_factor
     return cls(
       **vae_kwargs(config, data.image_shape),
       dip_type=c.type,
       lambda_od=c.lambda_od,
-      lambda_d=factor * c.lambda_od,
+      lambda_d=c.lambda_d_factor * c.lambda_od,
     )
 
   def batch_loss(

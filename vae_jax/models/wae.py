@@ -6,8 +6,8 @@ The loss is the reconstruction cost -log p(x|z) (the step's ELBO terms with no K
 `batch_loss` = mmd_weight * MMD_u^2 between the codes of the GLOBAL batch and as many draws from
 the prior (`losses.mmd`). The codes are gathered over the devices and the prior draws come from the
 step's batch key (row i from fold_in(key, i)), so the loss does not depend on the device count.
-The paper's MNIST cost 0.05 ||x - x_hat||^2 is `model.likelihood='gaussian'` with
-`gaussian_sigma=sqrt(10)` (up to a constant), see configs/mnist_wae.py.
+The paper's squared Euclidean cost, scaled by 0.05 as in the authors' code, is the Gaussian
+likelihood with `gaussian_sigma=sqrt(10)` up to a constant (see configs/mnist_wae.py).
 
 The parameters are the autoencoder's, so every tool that reads an autoencoder reads a WAE; unlike
 the autoencoder it has a prior to sample. The helpers at the bottom are shared with InfoVAE.
