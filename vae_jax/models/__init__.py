@@ -13,14 +13,17 @@ from vae_jax.errors import ConfigError
 from vae_jax.models.autoencoder import Autoencoder
 from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
 from vae_jax.models.btcvae import BetaTCVAE
+from vae_jax.models.dipvae import DIPVAE
 from vae_jax.models.factorvae import FactorVAE
 from vae_jax.models.hvae import HVAE
 from vae_jax.models.iaf import IAFVAE
+from vae_jax.models.infovae import InfoVAE
 from vae_jax.models.planar import PlanarVAE
 from vae_jax.models.stacked import StackedVAE
 from vae_jax.models.vae import CVAE, VAE
 from vae_jax.models.vampprior import VampPriorVAE
 from vae_jax.models.vqvae import VQVAE
+from vae_jax.models.wae import WAE
 
 __all__ = [
   "MODELS",
@@ -45,6 +48,9 @@ MODELS: dict[str, type[Model]] = {
   "vampprior": VampPriorVAE,
   "vqvae": VQVAE,
   "stacked": StackedVAE,
+  "wae": WAE,
+  "infovae": InfoVAE,
+  "dipvae": DIPVAE,
 }
 
 
