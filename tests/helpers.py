@@ -15,10 +15,15 @@ def results(workdir: str) -> dict:
 
 
 def checkpoint_params(workdir: str, step: int) -> dict:
+  """The params of checkpoint `step`, whatever devices (and processes) wrote it."""
   path = os.path.abspath(os.path.join(workdir, "checkpoints", str(step), "default"))
   import jax
 
-  return jax.device_get(ocp.StandardCheckpointer().restore(path)["params"])
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(path).item_metadata
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=here), metadata)
+  return jax.device_get(checkpointer.restore(path, target)["params"])
 
 
 def assert_trees_close(a, b, atol: float) -> None:

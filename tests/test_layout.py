@@ -43,6 +43,7 @@ def test_the_top_level_holds_entry_points_and_a_few_shared_modules():
     "cli.py",
     "collectives.py",
     "configuration.py",
+    "distributed.py",
     "errors.py",
     "evaluate.py",
     "main.py",

@@ -3,6 +3,8 @@
 `run(main)` is `absl.app.run` with a flag parser that turns bad flags (unknown config keys, values
 of the wrong type, missing or broken config files) into one line, and with `main` guarded so that
 every `errors.UserError` ends the process with one `error: <message>` line and exit status 1.
+Before `main` runs, the process joins JAX's distributed runtime when it is one of several
+(`distributed.join`).
 """
 
 import ast
@@ -13,6 +15,7 @@ from collections.abc import Callable
 
 from absl import app, flags, logging
 
+from vae_jax import distributed
 from vae_jax.errors import UserError, WriteError
 
 
@@ -149,6 +152,7 @@ def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
   def wrapped(argv: list[str]) -> None:
     quiet_libraries()
     try:
+      distributed.join_from_flags()
       main(argv)
     except WriteError as e:
       # Orbax and asyncio leave work behind that fails noisily while the interpreter shuts down

@@ -34,10 +34,14 @@ HISTORY = "eval_history.jsonl"
 def write_json(path: str, value) -> None:
   """Writes JSON atomically: readers see the old file or the whole new one, never a part.
 
+  Only process 0 writes; the other processes of a multi-process run return at once.
+
   Raises:
     WriteError: the file system refused (no space left, read-only, I/O error); the old file, if
       any, is unchanged.
   """
+  if not meshes.is_primary():
+    return
   tmp = f"{path}.tmp"
   with writing(path, "The file it would replace, if any, is unchanged."):
     try:
@@ -159,7 +163,9 @@ def metric_writer(logdir: str):
 
 
 def append_history(workdir: str, record: dict) -> None:
-  """Appends one evaluation record to the run's `eval_history.jsonl`."""
+  """Appends one evaluation record to the run's `eval_history.jsonl` (process 0 only)."""
+  if not meshes.is_primary():
+    return
   path = os.path.join(workdir, HISTORY)
   with writing(path, "The checkpoints written so far are intact."), open(path, "a") as f:
     f.write(json.dumps(record) + "\n")

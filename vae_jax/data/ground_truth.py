@@ -73,9 +73,9 @@ class GroundTruthStream:
     """The factor indices [batch, num_factors] of the global batch at `step`."""
     return self.data.sample_factors(self.batch_size, (self.seed, TRAIN_STREAM, step))
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """The global batch for `step`: images only (factors are drawn, not stored)."""
-    return {"image": self.data.render(self.factors(step))}
+  def batch(self, step: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """Rows `rows` (default all) of the global batch for `step`: images only (no stored factors)."""
+    return {"image": self.data.render(self.factors(step)[rows])}
 
   def device_arrays(self) -> dict[str, np.ndarray] | None:
     """What `assemble` renders from, to keep on the device; None when rendering is host-only."""

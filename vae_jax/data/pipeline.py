@@ -114,10 +114,15 @@ class TrainStream:
     """Full batches per pass over the training split."""
     return self.sampler.steps_per_epoch
 
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    """The global batch for `step`: images (uint8) and labels when the dataset has them."""
+  @property
+  def batch_size(self) -> int:
+    """Examples in a global batch."""
+    return self.sampler.batch_size
+
+  def batch(self, step: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """Rows `rows` (default all) of the global batch for `step`: images (uint8), and labels."""
     d = self.dataset
-    return _gather(d.train_images, d.train_labels, self.sampler.indices(step))
+    return _gather(d.train_images, d.train_labels, self.sampler.indices(step)[rows])
 
   def device_arrays(self) -> dict[str, np.ndarray]:
     """The training split, to keep on the device (uint8 images, int32 labels)."""

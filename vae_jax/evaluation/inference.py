@@ -106,7 +106,7 @@ class Inference:
 
   def __post_init__(self):
     self.mesh = self.mesh or meshes.make_mesh()
-    self.model_vars = jax.device_put(self.model_vars, meshes.replicated(self.mesh))
+    self.model_vars = meshes.put(self.model_vars, meshes.replicated(self.mesh))
 
   def labels(self, labels) -> np.ndarray | None:
     """The labels to pass the model: the labels for a conditional model, None otherwise."""
@@ -129,9 +129,9 @@ class Inference:
     parts = []
     for start in range(0, n, size):
       idx = np.minimum(np.arange(start, start + size), n - 1)
-      chunk = [None if a is None else jax.device_put(np.asarray(a)[idx], sharding) for a in arrays]
+      chunk = [None if a is None else meshes.put(np.asarray(a)[idx], sharding) for a in arrays]
       keep = min(size, n - start)
-      parts.append(jax.tree.map(lambda v, keep=keep: np.asarray(v)[:keep], fn(*chunk)))
+      parts.append(jax.tree.map(lambda v, keep=keep: v[:keep], meshes.fetch(fn(*chunk))))
     return jax.tree.map(lambda *vs: np.concatenate(vs), *parts)
 
   def encode(self, images, labels=None) -> Posterior:

@@ -103,14 +103,14 @@ def log_likelihoods(
   sharding = meshes.batch_sharded(mesh)
   out, window = [], meshes.DispatchWindow()
   for batch in eval_batches(images, labels, batch_size):
-    batch = jax.device_put(batch, sharding)
-    running = jax.device_put(jnp.full((batch_size,), -jnp.inf), sharding)
+    batch = meshes.put(batch, sharding)
+    running = meshes.put(np.full((batch_size,), -np.inf, np.float32), sharding)
     for start in range(0, num_samples, chunk):
       sample_ids = jnp.arange(start, min(start + chunk, num_samples))
       running = chunk_step(model_vars, batch, rng, sample_ids, running)
       window.add(running)
-    real = np.asarray(batch["mask"]) > 0
-    out.append(np.asarray(running, np.float64)[real])
+    real = meshes.fetch(batch["mask"]) > 0
+    out.append(np.asarray(meshes.fetch(running), np.float64)[real])
   return np.concatenate(out) - math.log(num_samples)
 
 

@@ -25,6 +25,7 @@ submitted twice.
 import os
 import shlex
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -54,7 +55,13 @@ flags.DEFINE_bool(
 flags.DEFINE_bool("dry_run", False, "Print each member's name and command; run and write nothing.")
 flags.DEFINE_string("slurm_partition", None, "Slurm partition; default the cluster's.")
 flags.DEFINE_integer("slurm_time_min", 72 * 60, "Time limit per job in minutes; jobs requeue.")
-flags.DEFINE_integer("slurm_gpus_per_node", 1, "GPUs per member.")
+flags.DEFINE_integer(
+  "slurm_nodes",
+  1,
+  "Nodes per member: one task (one JAX process) per node, training data parallel over all of them.",
+  lower_bound=1,
+)
+flags.DEFINE_integer("slurm_gpus_per_node", 1, "GPUs per member on each of its nodes.")
 flags.DEFINE_integer("slurm_cpus_per_task", 8, "CPUs per member.")
 flags.DEFINE_float("slurm_mem_gb", 32.0, "Memory per member in GB.")
 
@@ -86,6 +93,11 @@ def run_sweep() -> None:
   if not todo:
     print(f"All {len(members)} members are finished.")
     return
+  if jax.process_count() > 1 and not FLAGS.vectorize:
+    cli.fail(
+      "a sweep run by several processes trains its members together: add --vectorize (or "
+      "launch it from one process with --executor=slurm --slurm_nodes=N)"
+    )
   if FLAGS.vectorize:
     launch.run_vectorized(todo, configs)
     print(f"{len(todo)} members trained as one program, {len(members) - len(todo)} skipped.")
@@ -101,6 +113,7 @@ def _launch(todo: list, workdir: str, num_members: int) -> None:
   else:
     resources = executors.SlurmResources(
       partition=FLAGS.slurm_partition,
+      nodes=FLAGS.slurm_nodes,
       time_min=FLAGS.slurm_time_min,
       gpus_per_node=FLAGS.slurm_gpus_per_node,
       cpus_per_task=FLAGS.slurm_cpus_per_task,

@@ -42,8 +42,12 @@ class Member:
 
   @property
   def log_path(self) -> str:
-    """Where the member's stdout and stderr go."""
-    return os.path.join(self.workdir, "train.log")
+    """Where the member's stdout and stderr go.
+
+    Process i > 0 of a multi-node member writes its own `train.task<i>.log`.
+    """
+    task = int(os.environ.get("SLURM_PROCID", "0")) if "SLURM_STEP_NODELIST" in os.environ else 0
+    return os.path.join(self.workdir, "train.log" if task == 0 else f"train.task{task}.log")
 
 
 _RUNNING: set[subprocess.Popen] = set()
@@ -187,6 +191,7 @@ class SlurmResources:
   """What each member's job asks for; only `time_min` and the GPU count matter off Slurm."""
 
   partition: str | None
+  nodes: int
   time_min: int
   gpus_per_node: int
   cpus_per_task: int
@@ -221,6 +226,8 @@ def run_submitit(
   ex.update_parameters(
     name="vae_jax_sweep",
     timeout_min=resources.time_min,
+    nodes=resources.nodes,
+    tasks_per_node=1,
     gpus_per_node=resources.gpus_per_node,
     cpus_per_task=resources.cpus_per_task,
     mem_gb=resources.mem_gb,

@@ -207,7 +207,12 @@ class Outputs:
     return path
 
   def _write(self, path: str, write: Callable[[], None]) -> None:
-    """Runs `write`; on a file-system failure removes the partial file and raises `WriteError`."""
+    """Runs `write` on process 0 (other processes write nothing).
+
+    A file-system failure removes the partial file and raises `WriteError`.
+    """
+    if not meshes.is_primary():
+      return
     with writing(path, "Earlier outputs in this folder are unchanged."):
       try:
         write()
@@ -234,7 +239,8 @@ class Outputs:
     """Writes a matplotlib figure as PNG (and to TensorBoard); returns the path."""
     path = self.path("png", suffix)
     self._write(path, lambda: fig.savefig(path, dpi=100, bbox_inches="tight"))
-    self._tensorboard(self.stem + suffix, np.asarray(Image.open(path).convert("RGB")))
+    if meshes.is_primary():
+      self._tensorboard(self.stem + suffix, np.asarray(Image.open(path).convert("RGB")))
     return path
 
   def save_json(self, data: dict, suffix: str = "") -> str:

@@ -39,24 +39,34 @@ class Feed:
       logging.info("Training data (%.1f GiB) stay on the host.", size / 2**30)
       arrays = None
     self.on_device = arrays is not None
-    self.arrays = jax.device_put(arrays, meshes.replicated(mesh)) if arrays else {}
+    self.arrays = meshes.put(arrays, meshes.replicated(mesh)) if arrays else {}
     self.assemble: Callable[[dict, dict], dict] = (
       stream.assemble if self.on_device else steps.pass_batch
     )
 
-  def host_inputs(self, step: int, stream=None) -> dict[str, np.ndarray]:
-    """The inputs of one step, on the host; `stream` (default this feed's) draws them.
+  def host_inputs(self, step: int, stream=None, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """Rows `rows` of one step's inputs, on the host; `stream` (default this feed's) draws them.
 
     Vectorized sweep members share one feed (the same data) but each has its own stream.
     """
     stream = stream or self.stream
-    return stream.step_inputs(step) if self.on_device else stream.batch(step)
+    if self.on_device:
+      return jax.tree.map(lambda v: v[rows], stream.step_inputs(step))
+    return stream.batch(step, rows)
 
   def inputs(self, start: int, end: int) -> dict[str, jax.Array]:
-    """Steps [start, end)'s inputs on the devices: one step's, or stacked on a leading axis."""
+    """Steps [start, end)'s inputs on the devices: one step's, or stacked on a leading axis.
+
+    Each process builds only the rows of the global batch that its devices hold.
+    """
+    size = self.stream.batch_size
     if end - start == 1:
-      return jax.device_put(self.host_inputs(start), meshes.batch_sharded(self.mesh))
+      sharding = meshes.batch_sharded(self.mesh)
+      local = self.host_inputs(start, rows=meshes.rows(sharding, size))
+      return meshes.put_rows(local, sharding, size)
+    sharding = meshes.stacked_batch_sharded(self.mesh)
+    rows = meshes.rows(sharding, size, axis=1)
     stacked = jax.tree.map(
-      lambda *v: np.stack(v), *(self.host_inputs(s) for s in range(start, end))
+      lambda *v: np.stack(v), *(self.host_inputs(s, rows=rows) for s in range(start, end))
     )
-    return jax.device_put(stacked, meshes.stacked_batch_sharded(self.mesh))
+    return meshes.put_rows(stacked, sharding, size, axis=1)

@@ -261,10 +261,11 @@ def run_loop(
       if due_save:
         _save(program, done, unlogged)
       other_time += time.perf_counter() - t0
-    if stop is not None and stop.requested is not None and done < total_steps:
+    signum = None if stop is None or done >= total_steps else stop.agreed(done % every_.log == 0)
+    if signum is not None:
       program.block()
       _log_pending(program, pending)
-      _stop(program, done, unlogged, stop.requested)
+      _stop(program, done, unlogged, signum)
   program.block()
   train_time = time.perf_counter() - start - other_time
   _log_pending(program, pending)

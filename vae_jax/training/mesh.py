@@ -22,8 +22,81 @@ DATA_COLLECTIVES = over_axis(DATA_AXIS)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh over `devices` (default: all local devices) with axis `DATA_AXIS`."""
-  return Mesh(np.array(devices if devices is not None else jax.local_devices()), (DATA_AXIS,))
+  """A 1-D mesh over `devices` (default: every process's devices) with axis `DATA_AXIS`.
+
+  `jax.devices()` lists each process's devices together, so every process holds one contiguous
+  block of the global batch's rows.
+  """
+  return Mesh(np.array(devices if devices is not None else jax.devices()), (DATA_AXIS,))
+
+
+def is_primary() -> bool:
+  """Whether this is the process that writes a run's files (process 0)."""
+  return jax.process_index() == 0
+
+
+def local_block(sharding: jax.sharding.Sharding, shape: tuple[int, ...]) -> tuple[slice, ...]:
+  """The block of a global array of `shape` that this process's devices hold (a slice per axis)."""
+  starts, stops = [], []
+  for index in sharding.addressable_devices_indices_map(shape).values():
+    bounds = [s.indices(n)[:2] for s, n in zip(index, shape, strict=True)]
+    starts.append([lo for lo, _ in bounds])
+    stops.append([hi for _, hi in bounds])
+  lows, highs = np.min(starts, 0), np.max(stops, 0)
+  return tuple(slice(int(a), int(b)) for a, b in zip(lows, highs, strict=True))
+
+
+def put(tree, sharding: jax.sharding.Sharding):
+  """Host arrays (the same global values on every process) as global arrays with `sharding`.
+
+  One process: `jax.device_put`. Several: each process hands only the block its devices hold to
+  `jax.make_array_from_process_local_data`.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def one(x):
+    x = np.asarray(x)
+    local = x[local_block(sharding, x.shape)]
+    return jax.make_array_from_process_local_data(sharding, local, x.shape)
+
+  return jax.tree.map(one, tree)
+
+
+def put_rows(tree, sharding: jax.sharding.Sharding, global_rows: int, axis: int = 0):
+  """This process's rows of a global batch of `global_rows` (split on `axis`) as global arrays.
+
+  The rows are those of `rows(sharding, ...)`; one process holds them all.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def one(x):
+    x = np.asarray(x)
+    shape = x.shape[:axis] + (global_rows,) + x.shape[axis + 1 :]
+    return jax.make_array_from_process_local_data(sharding, x, shape)
+
+  return jax.tree.map(one, tree)
+
+
+def rows(sharding: jax.sharding.Sharding, global_rows: int, axis: int = 0) -> slice:
+  """The rows of a global batch (split on `axis` of an array of that rank) this process holds."""
+  shape = (1,) * axis + (global_rows,)
+  return local_block(sharding, shape)[axis]
+
+
+def fetch(tree):
+  """Global arrays as host numpy arrays (gathered from every process when they are split)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_replicated:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(one, tree)
 
 
 def split_batch_size(size: int, num_devices: int, field: str) -> int:

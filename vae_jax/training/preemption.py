@@ -6,12 +6,19 @@ the training loop honours between dispatches: it saves a checkpoint at that step
 `Stopped`. The same command then resumes, and because every batch and key is a function of the
 step, the final parameters equal those of a run that was never stopped. A second signal ends the
 process at once.
+
+In a multi-process run the signal may reach one process only (a preempted host, or Slurm's signal
+to one task). The processes compare their requests at agreed steps (`agreed`), so all of them stop
+at the same step and save one checkpoint together.
 """
 
 import os
 import signal
 import sys
 import threading
+
+import jax
+import numpy as np
 
 DEFAULT_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 
@@ -76,6 +83,26 @@ class StopSignals:
       file=sys.stderr,
       flush=True,
     )
+
+  def agreed(self, sync_point: bool) -> int | None:
+    """The signal every process stops on now, or None to go on.
+
+    One process stops as soon as it has a request. Several exchange their requests at sync
+    points only (steps every process reaches in the same order), so that they agree on the step;
+    the exchange is one small all-gather.
+
+    Args:
+      sync_point: whether the loop is at a step where the processes compare requests.
+    """
+    if jax.process_count() == 1:
+      return self.requested
+    if not sync_point:
+      return None
+    from jax.experimental import multihost_utils
+
+    requests = np.asarray(multihost_utils.process_allgather(np.int32(self.requested or 0)))
+    stopping = requests[requests > 0]
+    return int(stopping[0]) if stopping.size else None
 
   def __enter__(self) -> "StopSignals":
     if threading.current_thread() is threading.main_thread():

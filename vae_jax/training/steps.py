@@ -24,6 +24,7 @@ from vae_jax.data.preprocess import preprocess
 from vae_jax.losses import elbo
 from vae_jax.models import Model, ModelOutput
 from vae_jax.training import compile_options
+from vae_jax.training import mesh as meshes
 from vae_jax.training.keys import batch_key, index_keys, sample_keys, split_example_keys, step_keys
 from vae_jax.training.mesh import DATA_AXIS, DATA_COLLECTIVES, DispatchWindow, batch_sharded
 from vae_jax.training.state import TrainState, model_state_of, variables
@@ -290,7 +291,7 @@ def zero_metrics(one_step: Callable, state, arrays, inputs, rng, sharding) -> di
   """Zeros in the structure of one step's metrics, placed with `sharding` (a metric sum's start)."""
   shapes = jax.eval_shape(one_step, state, arrays, inputs, rng)[1]
   zeros = jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes)
-  return jax.device_put(zeros, sharding)
+  return meshes.put(zeros, sharding)
 
 
 def make_eval_step(
@@ -337,7 +338,7 @@ def sum_eval_batches(eval_step, model_vars: dict, batches, mesh: Mesh, rng: jax.
   sharding = batch_sharded(mesh)
   totals, window = None, DispatchWindow()
   for batch in batches:
-    sums = eval_step(model_vars, jax.device_put(batch, sharding), rng)
+    sums = eval_step(model_vars, meshes.put(batch, sharding), rng)
     window.add(sums["count"])
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  return jax.device_get(totals)
+  return meshes.fetch(totals)

@@ -78,7 +78,7 @@ def traced_config(base: ml_collections.ConfigDict, hparams: dict) -> ml_collecti
 
 def make_member_mesh(num_members: int, devices=None) -> Mesh:
   """A (member, data) mesh: members spread over devices when their count divides evenly."""
-  devices = np.asarray(devices if devices is not None else jax.local_devices())
+  devices = np.asarray(devices if devices is not None else jax.devices())
   member = math.gcd(num_members, devices.size)
   return Mesh(devices.reshape(member, devices.size // member), (MEMBER_AXIS, DATA_AXIS))
 
@@ -149,6 +149,10 @@ class Members:
     self.configs, self.dataset = configs, dataset
     self.mesh = make_member_mesh(len(configs), devices)
     self.eval_mesh = meshes.make_mesh(devices)
+    self._take = jax.jit(  # Member i's state, replicated (also across processes).
+      lambda states, i: jax.tree.map(lambda v: v[i], states),
+      out_shardings=meshes.replicated(self.eval_mesh),
+    )
     self.model = build_model(base.model, dataset.spec)
     own = self.model.param_optimizers(base.model)
     self.keys = [run_keys(c.seed) for c in configs]
@@ -166,10 +170,10 @@ class Members:
       )
     self.initial_step = resumed[0]
     member_sharding = NamedSharding(self.mesh, P(MEMBER_AXIS))
-    self.states = jax.device_put(_stack(states), member_sharding)
-    self.train_rngs = jax.device_put(jnp.stack([k["train"] for k in self.keys]), member_sharding)
+    self.states = meshes.put(_stack(states), member_sharding)
+    self.train_rngs = meshes.put(jnp.stack([k["train"] for k in self.keys]), member_sharding)
     hparams = member_hparams(configs)
-    self.hparams = jax.device_put({k: jnp.asarray(v) for k, v in hparams.items()}, member_sharding)
+    self.hparams = meshes.put(hparams, member_sharding)
     self.feed = Feed(self.streams[0], self.mesh, base.data.get("on_device", True))
     assemble = self.feed.assemble
     args = (self.model, base, total_steps, self.mesh, assemble, spe)
@@ -178,7 +182,7 @@ class Members:
     shapes = jax.eval_shape(
       step, self.states, self.feed.arrays, self._inputs(0), self.train_rngs, self.hparams
     )[1]
-    self._zeros = jax.device_put(
+    self._zeros = meshes.put(
       jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), shapes), member_sharding
     )
     self._sums = jax.tree.map(lambda z: z.copy(), self._zeros)
@@ -197,7 +201,7 @@ class Members:
   def _inputs(self, step: int) -> dict:
     """Every member's inputs of `step`, stacked on the member axis and sharded over the mesh."""
     inputs = _stack([self.feed.host_inputs(step, s) for s in self.streams])
-    return jax.device_put(inputs, NamedSharding(self.mesh, P(MEMBER_AXIS, DATA_AXIS)))
+    return meshes.put(inputs, NamedSharding(self.mesh, P(MEMBER_AXIS, DATA_AXIS)))
 
   def train(self, start: int, end: int) -> jax.Array:  # noqa: D102
     arrays = self.feed.arrays
@@ -217,8 +221,7 @@ class Members:
     return jax.tree.map(lambda v: v[i], metrics)
 
   def state(self, i: int):  # noqa: D102
-    member = jax.tree.map(lambda v: v[i], self.states)
-    return jax.device_put(member, meshes.replicated(self.eval_mesh))
+    return self._take(self.states, i)
 
   def evaluate(self, i: int, step: int) -> tuple[dict, dict]:  # noqa: D102
     member = self.state(i)
@@ -254,7 +257,7 @@ def train_members(
   Returns:
     Each member's results (also written to its `results.json`).
   """
-  devices = devices if devices is not None else jax.local_devices()
+  devices = devices if devices is not None else jax.devices()
   for config in configs:
     configuration.resolve(config)
   member_hparams(configs)
