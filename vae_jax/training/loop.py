@@ -20,6 +20,7 @@ from clu import metric_writers, periodic_actions
 
 from vae_jax import runs
 from vae_jax.errors import NonFiniteLossError
+from vae_jax.training import mesh as meshes
 from vae_jax.training import preemption
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.mesh import DispatchWindow
@@ -166,7 +167,7 @@ class _Interval:
 
   def fetch(self, program: Program) -> list[dict]:
     """Each member's mean metrics, after checking they are finite."""
-    means = jax.tree.map(lambda v: np.asarray(v) / self.steps, jax.device_get(self.sums))
+    means = jax.tree.map(lambda v: np.asarray(v) / self.steps, meshes.fetch(self.sums))
     out = [program.member_metrics(means, i) for i in range(len(program.members))]
     for metrics in out:
       check_finite(metrics, self.step)

@@ -56,6 +56,8 @@ def put(tree, sharding: jax.sharding.Sharding):
     return jax.device_put(tree, sharding)
 
   def one(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
     x = np.asarray(x)
     local = x[local_block(sharding, x.shape)]
     return jax.make_array_from_process_local_data(sharding, local, x.shape)
