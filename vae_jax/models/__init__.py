@@ -15,6 +15,7 @@ from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
 from vae_jax.models.btcvae import BetaTCVAE
 from vae_jax.models.dipvae import DIPVAE
 from vae_jax.models.factorvae import FactorVAE
+from vae_jax.models.gumbel import GumbelVAE
 from vae_jax.models.hvae import HVAE
 from vae_jax.models.iaf import IAFVAE
 from vae_jax.models.infovae import InfoVAE
@@ -51,6 +52,7 @@ MODELS: dict[str, type[Model]] = {
   "wae": WAE,
   "infovae": InfoVAE,
   "dipvae": DIPVAE,
+  "gumbel": GumbelVAE,
 }
 
 

@@ -20,6 +20,7 @@ import optax
 from vae_jax.collectives import Collectives
 from vae_jax.data.spec import DataSpec
 from vae_jax.losses import elbo, likelihoods
+from vae_jax.models import codes
 
 
 @flax.struct.dataclass
@@ -90,6 +91,8 @@ class Capabilities:
     batch_loss: adds a loss over the whole global batch (`batch_loss`).
     gaussian_posterior: `encode` returns a log-variance too (per-dimension KL diagnostics).
     mutable: variable collections the forward pass (and `batch_loss`) update in training.
+    takes_step: the forward pass takes the training step as `step=` (e.g. to anneal a
+      temperature); it gets the step in training and None outside it (evaluation, likelihoods).
   """
 
   conditional: bool = False
@@ -98,15 +101,17 @@ class Capabilities:
   batch_loss: bool = False
   gaussian_posterior: bool = False
   mutable: tuple[str, ...] = ()
+  takes_step: bool = False
 
 
 class Model(nn.Module):
   """Base of every model family: the contract's methods and the family's configuration.
 
   Subclasses implement `encode(x, y) -> Posterior`, `decode(z, y) -> decoder output` and
-  `__call__(x, keys, y) -> ModelOutput` (one PRNG key per example); with `capabilities.prior`
-  also `generate(rng, num, y, temperature)`, and with `capabilities.batch_loss` also
-  `batch_loss(outputs, collectives, rng, mask)`.
+  `__call__(x, keys, y) -> ModelOutput` (one PRNG key per example; with `capabilities.takes_step`
+  also `step=None`); with `capabilities.prior` also `generate(rng, num, y, temperature)`, and with
+  `capabilities.batch_loss` also `batch_loss(outputs, collectives, rng, mask)`. `code_space()`
+  says what traversing and interpolating the code `encode(...).mean` means (`codes`).
   """
 
   capabilities: ClassVar[Capabilities] = Capabilities()
@@ -133,6 +138,10 @@ class Model(nn.Module):
     """Own optimizers for top-level parameter subtrees (e.g. a discriminator's); default none."""
     del config
     return {}
+
+  def code_space(self) -> codes.RealCodes | codes.CategoricalCodes:
+    """How the tools traverse and interpolate this family's code; default: real coordinates."""
+    return codes.RealCodes()
 
   def batch_loss(
     self,
