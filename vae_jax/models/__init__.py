@@ -24,6 +24,7 @@ from vae_jax.models.stacked import StackedVAE
 from vae_jax.models.vae import CVAE, VAE
 from vae_jax.models.vampprior import VampPriorVAE
 from vae_jax.models.vqvae import VQVAE
+from vae_jax.models.vqvae_prior import VQVAEPrior
 from vae_jax.models.wae import WAE
 
 __all__ = [
@@ -53,6 +54,7 @@ MODELS: dict[str, type[Model]] = {
   "infovae": InfoVAE,
   "dipvae": DIPVAE,
   "gumbel": GumbelVAE,
+  "vqvae_prior": VQVAEPrior,
 }
 
 

@@ -15,10 +15,11 @@ batch means, linear in the batch, so the train step's `pmean` over devices gives
 global-batch update. They start as if every code had been used equally often at its initial
 position, so a code nobody picks stays put while its share decays.
 
-The prior over codes is uniform and factorised (a learned autoregressive prior is out of scope),
-so KL(q(z|x) || p(z)) = log K per position for the deterministic posterior: the model reports
-`kl_per_dim` = log K for each of the L positions, a constant that moves the loss but not its
-gradient, and makes `elbo` = recon - L log K a true (loose) bound on log p(x) under that prior.
+The prior over codes is uniform and factorised (the `vqvae_prior` family learns a PixelCNN prior
+over a trained VQ-VAE's codes), so KL(q(z|x) || p(z)) = log K per position for the deterministic
+posterior: the model reports `kl_per_dim` = log K for each of the L positions, a constant that
+moves the loss but not its gradient, and makes `elbo` = recon - L log K a true (loose) bound on
+log p(x) under that prior.
 
 Flattened codes (`z`, `encode`, `decode`) are channel-major, [batch, D * L]: coordinate j < L is
 the first code dimension at position j, so a traversal of "latent j" probes position j.
@@ -251,6 +252,14 @@ class VQVAE(Model):
 
   def _unflatten(self, z: jnp.ndarray) -> jnp.ndarray:
     return jnp.swapaxes(z.reshape(z.shape[0], self.code_dim, self.num_latents), 1, 2)
+
+  def code_indices(self, x: jnp.ndarray) -> jnp.ndarray:
+    """The index of the code nearest each encoder output: [batch, L], grid positions row-major."""
+    return nearest_codes(self._encode_vectors(x), self.codebook())
+
+  def code_vectors(self, codes: jnp.ndarray) -> jnp.ndarray:
+    """The codebook rows of code indices [batch, L], flattened channel-major to [batch, D * L]."""
+    return _flatten(self.codebook()[codes])
 
   def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> Posterior:
     """The continuous encoder output z_e, flattened channel-major to [batch, D * L]."""
