@@ -66,7 +66,7 @@ def prior(vqvae_dir, data):
   config = _prior_config(vqvae_dir)
   model = build_model(config.model, data.spec)
   x = jnp.zeros((2, *data.image_shape))
-  model_vars = model.init(jax.random.key(0), x, jax.random.split(jax.random.key(1), 2))
+  model_vars = jax.jit(model.init)(jax.random.key(0), x, jax.random.split(jax.random.key(1), 2))
   return config, model, model_vars
 
 
@@ -157,20 +157,26 @@ def test_model_samples_its_conditional(prior):
 
 def test_forward_pass_scores_the_vqvae_codes(prior, vqvae_dir, data):
   config, model, model_vars = prior
-  vq = runs.open_run(vqvae_dir, spec=data.spec)
+  vq = runs.open_run(vqvae_dir, spec=data.spec, mesh=meshes.make_mesh(jax.devices()[:1]))
   x = jnp.asarray(data.test_images[:6], jnp.float32) / 255.0
-  codes = vq.model.apply(vq.model_vars, x, method=VQVAE.code_indices)
-  out = model.apply(model_vars, x, jax.random.split(jax.random.key(0), 6))
-  logits = model.apply(model_vars, codes, method=model.logits)
+
+  @jax.jit
+  def both(x):
+    codes = vq.model.apply(vq.model_vars, x, method=VQVAE.code_indices)
+    z_e = vq.model.apply(vq.model_vars, x, method=vq.model.encode).mean
+    want = codes, z_e, vq.model.apply(vq.model_vars, z_e, method=vq.model.decode)
+    out = model.apply(model_vars, x, jax.random.split(jax.random.key(0), 6))
+    logits = model.apply(model_vars, codes, method=model.logits)
+    return want, (out, logits, model.apply(model_vars, x, method=model.encode).mean)
+
+  (codes, z_e, recon), (out, logits, prior_z_e) = both(x)
   nll = np.asarray(pixelcnn.code_nll(logits, codes))
   np.testing.assert_allclose(out.kl_per_dim, nll, rtol=1e-6)
   np.testing.assert_allclose(out.extra_terms["code_nll_nats"], nll.mean(-1), rtol=1e-6)
   np.testing.assert_allclose(
     out.extra_terms["code_nll_bits"], nll.mean(-1) / math.log(2), rtol=1e-6
   )
-  z_e = vq.model.apply(vq.model_vars, x, method=vq.model.encode).mean
-  np.testing.assert_allclose(model.apply(model_vars, x, method=model.encode).mean, z_e, atol=1e-6)
-  recon = vq.model.apply(vq.model_vars, z_e, method=vq.model.decode)
+  np.testing.assert_allclose(prior_z_e, z_e, atol=1e-6)
   np.testing.assert_allclose(out.out, recon, atol=1e-5)
 
 
@@ -188,7 +194,7 @@ def test_loss_gradient_is_the_code_nll_gradient(prior, data):
     codes = model.apply({"params": params}, x, keys).kl_per_dim
     return codes.sum(-1).mean()
 
-  got, want = jax.grad(loss)(model_vars["params"]), jax.grad(nll)(model_vars["params"])
+  got, want = jax.jit(lambda p: (jax.grad(loss)(p), jax.grad(nll)(p)))(model_vars["params"])
   helpers.assert_trees_close(got, want, atol=1e-6)
   assert set(model_vars) == {"params"} and set(model_vars["params"]) == {"pixelcnn"}
 
