@@ -135,8 +135,12 @@ def test_each_position_is_drawn_given_the_ones_before():
   flat = codes.reshape(200, -1)
   np.testing.assert_array_equal(flat, (flat[:, :1] + np.arange(6)) % 4)
   assert len(set(flat[:, 0])) == 4
-  greedy = pixelcnn.sample_codes(lambda c: jnp.ones((*c.shape, 4)), jax.random.key(0), 2, (2, 3), 0)
-  np.testing.assert_array_equal(greedy, 0)
+  # Temperature 0 is the most likely code (logits / tiny overflow to ties at +inf).
+  peak = jnp.array([5.0, 10.0, 7.0, -1.0])
+  greedy = pixelcnn.sample_codes(
+    lambda c: jnp.broadcast_to(peak, (*c.shape, 4)), jax.random.key(0), 2, (2, 3), 0.0
+  )
+  np.testing.assert_array_equal(greedy, 1)
 
 
 def test_model_samples_its_conditional(prior):

@@ -1,15 +1,16 @@
 """How often an MNIST classifier is confident about a generative run's prior samples.
 
     python -m experiments.vqvae_prior.classify --manual_dir=/work/shared/data/mnist \
-        --runs=RUNS/vqvae,RUNS/vqvae_prior --out=RUNS/classify.json
+        --runs=RUNS/vqvae,RUNS/vqvae_prior --temperatures=1.0,0.8 --out=RUNS/classify.json
 
 Trains a small CNN (two 3x3 conv layers of 32 and 64 channels with 2x2 max pooling, a 128-unit
 dense layer; Adam 1e-3, batch 128) on the MNIST training images for `--epochs` epochs, reports
 its test accuracy, then draws `--num_samples` prior samples (decoded means, the run's own
 `generate`, keyed as `vae_jax.tools sample` keys them) from each run and reports the share the
 classifier labels with a softmax confidence above `--confidence`, with the confident samples'
-class counts (a prior that draws one digit well would pass the share but not the counts). A
-VQ-VAE run samples uniform codes; a vqvae_prior run samples its PixelCNN.
+class counts (a prior that draws one digit well would pass the share but not the counts), at
+each of `--temperatures` (the same keys at every temperature). A VQ-VAE run samples uniform codes
+and ignores the temperature; a vqvae_prior run samples its PixelCNN, the logits divided by it.
 
 This is an experiment's yardstick, not a library metric: the project's feature network for
 sample-quality metrics lives elsewhere.
@@ -76,12 +77,10 @@ def probabilities(params, x: np.ndarray, batch: int = 500) -> np.ndarray:
   )
 
 
-def prior_samples(workdir: str, manual_dir: str | None, num: int, seed: int | None) -> np.ndarray:
+def prior_samples(run: runs.Run, num: int, seed: int | None, temperature: float) -> np.ndarray:
   """`num` decoded prior samples of the run, keyed as `vae_jax.tools sample --seed` keys them."""
-  overrides = {"data.manual_dir": manual_dir} if manual_dir else None
-  run = common.open_run(workdir, overrides=overrides)
   key = common.tool_key(run, seed, "sample")
-  return common.inference(run).prior_samples(key, num)
+  return common.inference(run).prior_samples(key, num, temperature=temperature)
 
 
 def confident(probs: np.ndarray, threshold: float) -> dict:
@@ -98,6 +97,9 @@ def main() -> None:
   parser.add_argument("--manual_dir", default=None, help="Where the raw MNIST files are.")
   parser.add_argument("--num_samples", type=int, default=1000)
   parser.add_argument("--confidence", type=float, default=0.9)
+  parser.add_argument(
+    "--temperatures", default="1.0", help="Comma-separated sampling temperatures."
+  )
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--seed", type=int, default=0, help="Classifier seed (and sample seed).")
   parser.add_argument("--out", default=None, help="Where to write the JSON (also printed).")
@@ -116,9 +118,14 @@ def main() -> None:
     "confidence": args.confidence,
     "runs": {},
   }
+  overrides = {"data.manual_dir": args.manual_dir} if args.manual_dir else None
   for workdir in args.runs.split(","):
-    samples = prior_samples(workdir, args.manual_dir, args.num_samples, args.seed)
-    report["runs"][workdir] = confident(probabilities(params, samples), args.confidence)
+    run = common.open_run(workdir, overrides=overrides)
+    report["runs"][workdir] = {}
+    for t in args.temperatures.split(","):
+      samples = prior_samples(run, args.num_samples, args.seed, float(t))
+      scores = confident(probabilities(params, samples), args.confidence)
+      report["runs"][workdir][f"temperature_{t}"] = scores
   text = json.dumps(report, indent=2)
   print(text)
   if args.out:
