@@ -236,6 +236,7 @@ def test_shipped_config_validates_with_a_vqvae_run(vqvae_dir):
   configuration.validate(config, num_devices=1)
 
 
+@pytest.mark.slow
 def test_end_to_end_train_a_prior_then_sample(vqvae_dir, data, mesh, tmp_path):
   workdir = str(tmp_path / "prior")
   config = _prior_config(vqvae_dir, **{"optimizer.learning_rate": 1e-2})

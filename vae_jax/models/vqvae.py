@@ -15,11 +15,10 @@ batch means, linear in the batch, so the train step's `pmean` over devices gives
 global-batch update. They start as if every code had been used equally often at its initial
 position, so a code nobody picks stays put while its share decays.
 
-The prior over codes is uniform and factorised (the `vqvae_prior` family learns a PixelCNN prior
-over a trained VQ-VAE's codes), so KL(q(z|x) || p(z)) = log K per position for the deterministic
-posterior: the model reports `kl_per_dim` = log K for each of the L positions, a constant that
-moves the loss but not its gradient, and makes `elbo` = recon - L log K a true (loose) bound on
-log p(x) under that prior.
+The prior over codes is uniform and factorised (family `vqvae_prior` learns a PixelCNN prior),
+so KL(q(z|x) || p(z)) = log K per position for the deterministic posterior: the model reports
+`kl_per_dim` = log K for each of the L positions, a constant that moves the loss but not its
+gradient, and makes `elbo` = recon - L log K a true (loose) bound on log p(x) under that prior.
 
 Flattened codes (`z`, `encode`, `decode`) are channel-major, [batch, D * L]: coordinate j < L is
 the first code dimension at position j, so a traversal of "latent j" probes position j.
@@ -188,15 +187,10 @@ class VQVAE(Model):
     for field in ("num_codes", "code_dim"):
       require(c[field] >= 1, f"model.vqvae.{field}={c[field]} must be >= 1.")
     require_choice(c.codebook_update, CODEBOOK_UPDATES, "model.vqvae.codebook_update")
-    require(
-      c.commitment_cost >= 0, f"model.vqvae.commitment_cost={c.commitment_cost} must be >= 0."
-    )
+    for field in ("commitment_cost", "dead_code_threshold"):
+      require(c[field] >= 0, f"model.vqvae.{field}={c[field]} must be >= 0.")
     require(0 <= c.ema_decay < 1, f"model.vqvae.ema_decay={c.ema_decay} must be in [0, 1).")
     require(c.ema_epsilon > 0, f"model.vqvae.ema_epsilon={c.ema_epsilon} must be > 0.")
-    require(
-      c.dead_code_threshold >= 0,
-      f"model.vqvae.dead_code_threshold={c.dead_code_threshold} must be >= 0.",
-    )
     require(
       not c.dead_code_restart or c.codebook_update == "ema",
       "model.vqvae.dead_code_restart needs model.vqvae.codebook_update='ema' (restarts use EMA "
