@@ -62,7 +62,7 @@ def _evaluate() -> dict:
     num_examples=FLAGS.num_examples,
     disentanglement_seed=FLAGS.disentanglement_seed,
     disentanglement_scale=FLAGS.disentanglement_scale,
-    ais=ais.Settings(
+    ais_settings=ais.Settings(
       num_chains=FLAGS.ais_chains,
       num_steps=FLAGS.ais_steps,
       leapfrog_steps=FLAGS.ais_leapfrog,

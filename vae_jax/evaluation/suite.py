@@ -65,7 +65,7 @@ class EvalOptions:
       runs are scored on the same samples.
     disentanglement_scale: multiplies the metrics' sample counts (disentanglement_lib's defaults
       at 1.0); below 1 for quick checks.
-    ais: chains, schedule, leapfrog steps and batch size of `ais` and `bdmc`.
+    ais_settings: chains, schedule, leapfrog steps and batch size of `ais` and `bdmc`.
     bdmc_examples: examples `bdmc` simulates from the model (a conditional model's take the test
       labels in order, repeated when there are fewer).
   """
@@ -77,7 +77,7 @@ class EvalOptions:
   num_examples: int | None = None
   disentanglement_seed: int = 0
   disentanglement_scale: float = 1.0
-  ais: ais.Settings = dataclasses.field(default_factory=ais.Settings)
+  ais_settings: ais.Settings = dataclasses.field(default_factory=ais.Settings)
   bdmc_examples: int = 100
 
   def validate(self, num_devices: int, config: ml_collections.ConfigDict) -> None:
@@ -91,7 +91,7 @@ class EvalOptions:
       raise ConfigError(f"disentanglement_scale={self.disentanglement_scale} must be > 0.")
     if self.bdmc_examples < 1:
       raise ConfigError(f"bdmc_examples={self.bdmc_examples} must be >= 1.")
-    self.ais.validate(num_devices)
+    self.ais_settings.validate(num_devices)
     for name, size in (
       ("iw_batch_size", self.iw_batch_size),
       ("batch_size", self.eval_batch(config)),
@@ -247,7 +247,7 @@ def _group_computations(
         inference.labels(labels),
         run.config,
         inference.mesh,
-        options.ais,
+        options.ais_settings,
       )
     if group == "bdmc":
       simulated = None if labels is None else np.resize(labels, options.bdmc_examples)
@@ -258,7 +258,7 @@ def _group_computations(
         inference.labels(simulated),
         run.config,
         inference.mesh,
-        options.ais,
+        options.ais_settings,
       )
     if group == "diagnostics":
       return _diagnostics(inference.encode_evaluated(images, labels, rng), len(images))
