@@ -15,7 +15,7 @@ from tests.conftest import REPO, synthetic_dataset, tiny_config
 from vae_jax import runs
 from vae_jax.data import load_dataset
 from vae_jax.errors import ConfigError
-from vae_jax.evaluation import ais, hmc, likelihood
+from vae_jax.evaluation import ais, annealing, likelihood
 from vae_jax.evaluation import suite as eval_suite
 from vae_jax.losses import distributions, likelihoods
 from vae_jax.models import build_model
@@ -87,7 +87,7 @@ def test_one_distribution_is_importance_sampling_from_the_prior(name, dataset):
   keys = ais.chain_keys(eps_keys, ais.FORWARD, 3)
   expected = []
   for c in range(3):
-    z = model.apply(model_vars, hmc.fold_keys(keys[:, c], 0), y, method=model.prior_sample)
+    z = model.apply(model_vars, annealing.fold_keys(keys[:, c], 0), y, method=model.prior_sample)
     out = model.apply(model_vars, z, y, method=model.decode_latent).out
     expected.append(likelihoods.bernoulli_log_likelihood(x, out))
   expected = distributions.logmeanexp(jnp.stack(expected), axis=0)
@@ -135,28 +135,18 @@ def _read(workdir, name):
 def test_ais_and_bdmc_groups_are_written_like_the_others(trained_run):
   workdir, dataset = trained_run
   run = runs.open_run(workdir, mesh=_mesh(4), dataset=dataset)
-  settings = ais.Settings(num_chains=4, num_steps=30, leapfrog_steps=5, batch_size=20)
+  settings = ais.Settings(num_chains=4, num_steps=10, leapfrog_steps=5, batch_size=20)
   options = eval_suite.EvalOptions(num_examples=40, ais_settings=settings, bdmc_examples=20)
   out = eval_suite.evaluate_run(run, ["ais", "bdmc"], options, mesh=_mesh(4))
   a, b = out["ais"], out["bdmc"]
   assert a["num_examples"] == 40 and b["num_examples"] == 20 and a["step"] == 8
-  assert a["ais_steps"] == b["ais_steps"] == 30 and a["ais_schedule"] == "sigmoid"
+  assert a["ais_steps"] == b["ais_steps"] == 10 and a["ais_schedule"] == "sigmoid"
   assert a["ais_nll_bits_per_dim"] == pytest.approx(a["ais_nll"] / (784 * np.log(2)))
   assert 0 < a["ais_acceptance"] <= 1 and a["seconds"] > 0
   assert b["bdmc_gap"] == pytest.approx(b["bdmc_upper"] - b["bdmc_lower"])
   assert b["bdmc_gap"] > 0 and b["bdmc_gap_max"] >= b["bdmc_gap"]
-  # The same chains as the library call on the same images and keys.
-  direct = ais.log_likelihoods(
-    run.model,
-    run.model_vars,
-    dataset.test_images[:40],
-    None,
-    run.config,
-    _mesh(4),
-    likelihood.evaluation_key(run.config.seed),
-    settings,
-  )
-  assert a["ais_nll"] == pytest.approx(-direct["log_p"].mean(), abs=1e-6)
+  assert a["ais_nll"] == pytest.approx(-np.mean(a["ais_log_p_per_example"]))
+  assert len(b["bdmc_lower_per_example"]) == 20
   assert _read(workdir, "ais.json") == json.loads(json.dumps(a))
   assert set(_read(workdir, "results.json")) >= {"ais", "bdmc"}
   assert [h["metric"] for h in runs.read_history(workdir) if "metric" in h] == ["ais", "bdmc"]

@@ -9,7 +9,7 @@ command line.
 
 Groups: `elbo` (single-sample ELBO as training evaluates it), `iw_nll` (importance-weighted NLL,
 see `likelihood`), `ais` (annealed importance sampling NLL) and `bdmc` (its forward and reverse
-bounds on data simulated from the model, see `ais`), `diagnostics` (active units, KL per
+bounds on data simulated from the model, see `ais` and `bdmc`), `diagnostics` (active units, KL per
 dimension, posterior variance) and the disentanglement metrics of
 `disentanglement.DISENTANGLEMENT_METRICS` (`disentanglement` names them all), which need a
 ground-truth dataset. `ais` and `bdmc` take minutes to hours, so only a request computes them.
@@ -28,7 +28,7 @@ import numpy as np
 from vae_jax import runs
 from vae_jax.data import Dataset, GroundTruthDataset
 from vae_jax.errors import ConfigError
-from vae_jax.evaluation import ais, diagnostics, disentanglement, likelihood
+from vae_jax.evaluation import ais, bdmc, diagnostics, disentanglement, likelihood
 from vae_jax.evaluation.inference import Inference
 from vae_jax.models import family
 from vae_jax.training import mesh as meshes
@@ -251,7 +251,7 @@ def _group_computations(
       )
     if group == "bdmc":
       simulated = None if labels is None else np.resize(labels, options.bdmc_examples)
-      return ais.bdmc(
+      return bdmc.bdmc(
         run.model,
         inference.model_vars,
         options.bdmc_examples,

@@ -1,4 +1,7 @@
-"""Annealing chains with Hamiltonian Monte Carlo transitions, for `evaluation.ais`.
+"""Annealing schedules, and chains with Hamiltonian Monte Carlo transitions, for `evaluation.ais`.
+
+`betas(T, schedule)` is the path's beta_0 = 0 < ... < beta_T = 1: linear, or sigmoidal
+(Grosse et al. 2015: sigmoid(linspace(-4, 4, T + 1)) rescaled to [0, 1]; Wu et al. 2017 use it).
 
 `anneal(densities, z0, schedule, keys, leapfrog_steps)` runs independent chains [batch, chains]
 along f_t(z) = p(z) p(x|z)^beta_t: the log weight adds (beta_t - beta_{t-1}) log p(x|z) before
@@ -26,10 +29,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+SCHEDULES = ("sigmoid", "linear")
+SIGMOID_RADIUS = 4.0
 TARGET_ACCEPTANCE = 0.65
 ADAPT_RATE = 0.1
 INITIAL_STEP_SIZE = 0.1
 STEP_SIZE_RANGE = (1e-4, 1.0)
+
+
+def betas(num_steps: int, schedule: str = "sigmoid") -> np.ndarray:
+  """The annealing schedule beta_0 = 0 < ... < beta_T = 1, [num_steps + 1] float64."""
+  if schedule == "linear":
+    return np.linspace(0.0, 1.0, num_steps + 1)
+  if schedule == "sigmoid":
+    s = 1.0 / (1.0 + np.exp(-np.linspace(-SIGMOID_RADIUS, SIGMOID_RADIUS, num_steps + 1)))
+    return (s - s[0]) / (s[-1] - s[0])
+  raise ValueError(f"Unknown schedule {schedule!r}; choose one of {SCHEDULES}.")
 
 
 class Densities(NamedTuple):
