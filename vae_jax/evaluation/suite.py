@@ -239,32 +239,31 @@ def _group_computations(
         batch_size=options.iw_batch_size,
         elbo=elbo_means(),
       )
-    if group == "ais":
-      return ais.estimate(
-        run.model,
-        inference.model_vars,
-        images,
-        inference.labels(labels),
-        run.config,
-        inference.mesh,
-        options.ais_settings,
-      )
-    if group == "bdmc":
-      simulated = None if labels is None else np.resize(labels, options.bdmc_examples)
-      return bdmc.bdmc(
-        run.model,
-        inference.model_vars,
-        options.bdmc_examples,
-        inference.labels(simulated),
-        run.config,
-        inference.mesh,
-        options.ais_settings,
-      )
+    if group in ON_REQUEST:
+      return _annealed(group, run, inference, images, labels, options)
     if group == "diagnostics":
       return _diagnostics(inference.encode_evaluated(images, labels, rng), len(images))
     return _disentanglement(run.dataset.data, representation_fn(inference), group, options)
 
   return compute
+
+
+def _annealed(
+  group: str,
+  run: runs.Run,
+  inference: Inference,
+  images: np.ndarray,
+  labels: np.ndarray | None,
+  options: EvalOptions,
+) -> dict:
+  """`ais` on the images, or `bdmc` on `options.bdmc_examples` examples simulated from the model."""
+  settings, model_vars, mesh = options.ais_settings, inference.model_vars, inference.mesh
+  if group == "ais":
+    y = inference.labels(labels)
+    return ais.estimate(run.model, model_vars, images, y, run.config, mesh, settings)
+  n = options.bdmc_examples
+  y = inference.labels(None if labels is None else np.resize(labels, n))
+  return bdmc.bdmc(run.model, model_vars, n, y, run.config, mesh, settings)
 
 
 def _elbo(means: dict, images: np.ndarray) -> dict:
