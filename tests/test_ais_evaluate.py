@@ -110,7 +110,7 @@ def test_bad_ais_options_name_their_flag():
     (dict(num_steps=0), "ais_steps=0 must be >= 1"),
     (dict(leapfrog_steps=0), "ais_leapfrog=0 must be >= 1"),
     (dict(schedule="cosine"), "ais_schedule='cosine' is not one of"),
-    (dict(batch_size=30), "ais_batch_size=30 must be a positive multiple of the 4"),
+    (dict(batch_size=0), "ais_batch_size=0 must be >= 1"),
   ):
     options = eval_suite.EvalOptions(ais_settings=ais.Settings(**settings))
     with pytest.raises(ConfigError, match=message):

@@ -66,8 +66,8 @@ class Settings:
       from the prior).
     leapfrog_steps: leapfrog steps L per HMC transition.
     schedule: 'sigmoid' or 'linear' betas.
-    batch_size: examples per call (a multiple of the devices); fewer examples make smaller
-      batches, padded to a multiple of the devices only.
+    batch_size: examples per call, rounded up to a multiple of the devices; fewer examples make
+      smaller batches, padded to a multiple of the devices only.
   """
 
   num_chains: int = 16
@@ -87,15 +87,18 @@ class Settings:
         raise ConfigError(f"ais_{flag}={value} must be >= 1.")
     if self.schedule not in SCHEDULES:
       raise ConfigError(f"ais_schedule={self.schedule!r} is not one of {SCHEDULES}.")
-    if self.batch_size < 1 or self.batch_size % num_devices:
-      raise ConfigError(
-        f"ais_batch_size={self.batch_size} must be a positive multiple of the "
-        f"{num_devices} devices."
-      )
+    del num_devices  # Batches are rounded up to a multiple of the devices (`batch_for`).
+    if self.batch_size < 1:
+      raise ConfigError(f"ais_batch_size={self.batch_size} must be >= 1.")
 
   def batch_for(self, num_examples: int, num_devices: int) -> int:
-    """Examples per call for `num_examples`: at most `batch_size`, no more padding than needed."""
-    return min(self.batch_size, -(-num_examples // num_devices) * num_devices)
+    """Examples per call: `batch_size` (at most what `num_examples` need), a multiple of devices.
+
+    Estimates do not depend on the batch size, so it is rounded up like the other evaluation
+    batches (`mesh.split_batch_size`); padding is masked.
+    """
+    size = min(self.batch_size, -(-num_examples // num_devices) * num_devices)
+    return meshes.split_batch_size(size, num_devices, "ais_batch_size")
 
   def record(self) -> dict:
     """The settings as result fields."""
@@ -227,7 +230,7 @@ def log_likelihoods(
     images: uint8 [n, H, W, C], preprocessed as `config.data` says.
     labels: int [n] for conditional models, else None.
     config: the run config.
-    mesh: mesh with a `DATA_AXIS` axis; `settings.batch_size` must be a multiple of its size.
+    mesh: mesh with a `DATA_AXIS` axis.
     rng: evaluation key (`likelihood.evaluation_key(config.seed)`).
     settings: chains, schedule, leapfrog steps, batch size.
 

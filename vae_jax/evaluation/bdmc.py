@@ -96,7 +96,7 @@ def bdmc_bounds(
     num_examples: how many (z, x) to simulate.
     labels: int [num_examples] to condition the simulation on (conditional models), else None.
     config: the run config.
-    mesh: mesh with a `DATA_AXIS` axis; `settings.batch_size` must be a multiple of its size.
+    mesh: mesh with a `DATA_AXIS` axis.
     rng: evaluation key of the chains.
     simulation_rng: key of the simulated data (example i: fold_in(simulation_rng, i)).
     settings: chains, schedule, leapfrog steps, batch size.
