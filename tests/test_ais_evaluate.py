@@ -22,7 +22,6 @@ from vae_jax.models import build_model
 from vae_jax.training import mesh as meshes
 from vae_jax.training import optimizer as optim
 from vae_jax.training import state as state_lib
-from vae_jax.training import train
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.keys import index_keys, split_example_keys
 
@@ -119,13 +118,25 @@ def test_bad_ais_options_name_their_flag():
     eval_suite.EvalOptions(bdmc_examples=0).validate(4, config)
 
 
+def _initial_run(workdir: str, config, dataset) -> str:
+  """A run directory whose step-0 checkpoint is the model's initial state (no training)."""
+  model = build_model(config.model, dataset.spec)
+  tx, _ = optim.make_optimizer(config.optimizer, 1)
+  runs.save_config(config, workdir)
+  ckpt = Checkpointer(workdir, 1)
+  ckpt.save(
+    0, jax.jit(lambda rng: state_lib.init_state(model, tx, rng, dataset.spec))(jax.random.key(0))
+  )
+  ckpt.close()
+  return workdir
+
+
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
+def initial_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ais_run"))
   dataset = synthetic_dataset()
   config = tiny_config(**{"data.binarize": "dynamic"})
-  train.train_and_evaluate(config, workdir, mesh=_mesh(2), dataset=dataset)
-  return workdir, dataset
+  return _initial_run(workdir, config, dataset), dataset
 
 
 def _read(workdir, name):
@@ -133,14 +144,14 @@ def _read(workdir, name):
     return json.load(f)
 
 
-def test_ais_and_bdmc_groups_are_written_like_the_others(trained_run):
-  workdir, dataset = trained_run
+def test_ais_and_bdmc_groups_are_written_like_the_others(initial_run):
+  workdir, dataset = initial_run
   run = runs.open_run(workdir, mesh=_mesh(4), dataset=dataset)
   settings = ais.Settings(num_chains=4, num_steps=10, leapfrog_steps=5, batch_size=20)
   options = eval_suite.EvalOptions(num_examples=40, ais_settings=settings, bdmc_examples=20)
   out = eval_suite.evaluate_run(run, ["ais", "bdmc"], options, mesh=_mesh(4))
   a, b = out["ais"], out["bdmc"]
-  assert a["num_examples"] == 40 and b["num_examples"] == 20 and a["step"] == 8
+  assert a["num_examples"] == 40 and b["num_examples"] == 20 and a["step"] == 0
   assert a["ais_steps"] == b["ais_steps"] == 10 and a["ais_schedule"] == "sigmoid"
   assert a["ais_nll_bits_per_dim"] == pytest.approx(a["ais_nll"] / (784 * np.log(2)))
   assert 0 < a["ais_acceptance"] <= 1 and a["seconds"] > 0
@@ -172,14 +183,7 @@ def procedural_run(tmp_path_factory):
   """A run directory whose checkpoint is the initial state of a dSprites (procedural) VAE."""
   workdir = str(tmp_path_factory.mktemp("ais_cli"))
   config = tiny_config(**{"data.name": "dsprites_procedural", "data.num_eval_examples": 40})
-  dataset = load_dataset(config.data)
-  model = build_model(config.model, dataset.spec)
-  tx, _ = optim.make_optimizer(config.optimizer, 1)
-  runs.save_config(config, workdir)
-  ckpt = Checkpointer(workdir, 1)
-  ckpt.save(0, state_lib.init_state(model, tx, jax.random.key(0), dataset.spec))
-  ckpt.close()
-  return workdir
+  return _initial_run(workdir, config, load_dataset(config.data))
 
 
 def test_cli_runs_ais_and_bdmc_with_their_flags(procedural_run):

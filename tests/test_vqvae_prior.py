@@ -16,7 +16,10 @@ from vae_jax.models.vqvae import VQVAE
 from vae_jax.tools import generation, open_run
 from vae_jax.tools import reconstruction as recon_tools
 from vae_jax.training import mesh as meshes
+from vae_jax.training import optimizer as optim
+from vae_jax.training import state as state_lib
 from vae_jax.training import steps, train
+from vae_jax.training.checkpoints import Checkpointer
 
 K, D = 16, 4
 PRIOR = {
@@ -37,8 +40,12 @@ def mesh():
 
 
 @pytest.fixture(scope="module")
-def vqvae_dir(tmp_path_factory, data, mesh) -> str:
-  """A tiny conv VQ-VAE (7x7 grid of K=16 codes) trained for 8 steps on the synthetic blobs."""
+def vqvae_dir(tmp_path_factory, data) -> str:
+  """A run of a tiny conv VQ-VAE (7x7 grid of K=16 codes) whose checkpoint is its initial state.
+
+  The prior's tests need a restorable VQ-VAE run, not a trained one (`test_vqvae` trains them);
+  saving the initial state skips compiling and running the VQ-VAE's training and evaluation.
+  """
   workdir = str(tmp_path_factory.mktemp("vqprior") / "vqvae")
   config = tiny_config(
     **{
@@ -49,7 +56,14 @@ def vqvae_dir(tmp_path_factory, data, mesh) -> str:
       "model.vqvae.codebook_update": "ema",
     }
   )
-  train.train_and_evaluate(config, workdir, mesh=mesh, dataset=data)
+  model = build_model(config.model, data.spec)
+  tx, _ = optim.make_optimizer(config.optimizer, 1)
+  runs.save_config(config, workdir)
+  ckpt = Checkpointer(workdir, 1)
+  ckpt.save(
+    0, jax.jit(lambda rng: state_lib.init_state(model, tx, rng, data.spec))(jax.random.key(0))
+  )
+  ckpt.close()
   return workdir
 
 
