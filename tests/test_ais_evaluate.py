@@ -186,6 +186,7 @@ def procedural_run(tmp_path_factory):
   return _initial_run(workdir, config, load_dataset(config.data))
 
 
+@pytest.mark.slow
 def test_cli_runs_ais_and_bdmc_with_their_flags(procedural_run):
   flags = ("--ais_chains=3", "--ais_steps=4", "--ais_leapfrog=2", "--ais_schedule=linear")
   proc = _evaluate_cli(

@@ -201,13 +201,16 @@ def makeforward(model: Model, config: ml_collections.ConfigDict, mesh: Mesh, set
 
 
 def run_batches(fn, batches, mesh: Mesh, *roots) -> list[np.ndarray]:
-  """`fn(batch, *roots)` over padded batches; the outputs' real rows, concatenated as numpy."""
+  """`fn(batch, *roots)` over padded batches; the outputs' real rows, concatenated as numpy.
+
+  Batches go through `mesh.put` and outputs through `mesh.fetch`, so every process of a
+  multi-process run gets every example's values.
+  """
   sharding = meshes.batch_sharded(mesh)
   parts = []
   for batch in batches:
-    batch = jax.device_put(batch, sharding)
-    out = fn(batch, *roots)
     real = np.asarray(batch["mask"]) > 0
+    out = meshes.fetch(fn(meshes.put(batch, sharding), *roots))
     parts.append([np.asarray(v)[real] for v in out])
   return [np.concatenate(vs) for vs in zip(*parts, strict=True)]
 
