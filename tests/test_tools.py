@@ -16,7 +16,7 @@ from vae_jax import configuration, runs
 from vae_jax.data import ArrayDataset
 from vae_jax.data.spec import DataSpec
 from vae_jax.errors import ConfigError
-from vae_jax.models import build_model
+from vae_jax.models import build_model, codes
 from vae_jax.tools import ToolError, anomaly, common, generation, latent_map, open_run
 from vae_jax.tools import reconstruction as recon_tools
 from vae_jax.training import mesh as meshes
@@ -97,12 +97,12 @@ def test_roc_auc_matches_the_pairwise_count():
 def test_slerp_keeps_a_vector_with_itself_and_follows_the_circle():
   v = np.array([0.3, -1.2, 2.0])
   t = np.linspace(0, 1, 5)
-  np.testing.assert_allclose(generation.slerp(v, v, t), np.tile(v, (5, 1)), atol=1e-12)
+  np.testing.assert_allclose(codes.slerp(v, v, t), np.tile(v, (5, 1)), atol=1e-12)
   e0, e1 = np.eye(2)
-  path = generation.slerp(e0, e1, t)
+  path = codes.slerp(e0, e1, t)
   np.testing.assert_allclose(np.linalg.norm(path, axis=1), 1.0, atol=1e-12)
   np.testing.assert_allclose(path[2], [np.sqrt(0.5), np.sqrt(0.5)], atol=1e-12)
-  np.testing.assert_allclose(generation.lerp(e0, e1, t)[2], [0.5, 0.5])
+  np.testing.assert_allclose(codes.lerp(e0, e1, t)[2], [0.5, 0.5])
 
 
 def test_pca_finds_the_axis_of_largest_variance():

@@ -1,7 +1,10 @@
 """Evaluates a trained run: `python -m vae_jax.evaluate --workdir=runs/mnist [--metrics=...]`.
 
-Metrics (comma-separated; default every one that applies to the run): `elbo`, `iw_nll`
-(importance-weighted NLL with --iw_samples samples), `diagnostics` (active units, KL per
+Metrics (comma-separated; default every one that applies to the run, except `ais` and `bdmc`):
+`elbo`, `iw_nll` (importance-weighted NLL with --iw_samples samples), `ais` (annealed importance
+sampling NLL: --ais_chains chains per example, --ais_steps intermediate distributions,
+--ais_leapfrog leapfrog steps per HMC move), `bdmc` (forward and reverse AIS bounds on
+--bdmc_examples examples simulated from the model), `diagnostics` (active units, KL per
 dimension), and on ground-truth datasets `disentanglement` or any of beta_vae, factor_vae, mig, dci,
 sap. Results go to <workdir>/eval/<metric>.json, are merged into <workdir>/eval/results.json and
 logged to TensorBoard in <workdir>/eval at the checkpoint's step; see `vae_jax.evaluation.suite`.
@@ -13,7 +16,7 @@ import jax
 from absl import app, flags
 
 from vae_jax import cli, runs
-from vae_jax.evaluation import suite
+from vae_jax.evaluation import ais, suite
 from vae_jax.training import mesh as meshes
 
 FLAGS = flags.FLAGS
@@ -23,6 +26,12 @@ flags.DEFINE_list("metrics", None, f"Metrics among {suite.GROUPS + tuple(suite.A
 flags.DEFINE_integer("iw_samples", 1000, "Importance samples per example for iw_nll.")
 flags.DEFINE_integer("iw_chunk", 100, "Importance samples evaluated at once (bounds memory).")
 flags.DEFINE_integer("iw_batch_size", 100, "Examples per batch for iw_nll.")
+flags.DEFINE_integer("ais_chains", 16, "AIS chains per example (ais, bdmc).")
+flags.DEFINE_integer("ais_steps", 1000, "AIS intermediate distributions T (ais, bdmc).")
+flags.DEFINE_integer("ais_leapfrog", 10, "Leapfrog steps per AIS HMC transition (ais, bdmc).")
+flags.DEFINE_enum("ais_schedule", "sigmoid", ais.SCHEDULES, "AIS betas (ais, bdmc).")
+flags.DEFINE_integer("ais_batch_size", 100, "Examples per AIS batch (ais, bdmc).")
+flags.DEFINE_integer("bdmc_examples", 100, "Examples simulated from the model for bdmc.")
 flags.DEFINE_integer("batch_size", None, "Examples per batch for elbo, diagnostics.")
 flags.DEFINE_integer("num_examples", None, "Use the first N test examples (default all).")
 flags.DEFINE_integer("disentanglement_seed", 0, "Seed of the disentanglement metrics.")
@@ -53,6 +62,14 @@ def _evaluate() -> dict:
     num_examples=FLAGS.num_examples,
     disentanglement_seed=FLAGS.disentanglement_seed,
     disentanglement_scale=FLAGS.disentanglement_scale,
+    ais_settings=ais.Settings(
+      num_chains=FLAGS.ais_chains,
+      num_steps=FLAGS.ais_steps,
+      leapfrog_steps=FLAGS.ais_leapfrog,
+      schedule=FLAGS.ais_schedule,
+      batch_size=FLAGS.ais_batch_size,
+    ),
+    bdmc_examples=FLAGS.bdmc_examples,
   )
   mesh = meshes.make_mesh()
   options.validate(mesh.size, run.config)

@@ -18,6 +18,7 @@ from clu import metric_writers
 
 from vae_jax import configuration
 from vae_jax.data import Dataset, load_dataset
+from vae_jax.data.spec import DataSpec
 from vae_jax.errors import CheckpointError, ConfigError, WorkdirError, writing
 from vae_jax.models import Model, build_model
 from vae_jax.training import mesh as meshes
@@ -219,7 +220,7 @@ class Run:
     workdir: the run directory.
     config: the run's config (from config.json).
     model: the model.
-    dataset: the run's dataset.
+    dataset: the run's dataset; None when the run was opened with only its `DataSpec`.
     step: the chosen checkpoint's step.
     model_vars: its variables (`{'params': ..., **model_state}`) at `step`; None until restored.
   """
@@ -227,7 +228,7 @@ class Run:
   workdir: str
   config: ml_collections.ConfigDict
   model: Model
-  dataset: Dataset
+  dataset: Dataset | None
   step: int
   model_vars: dict | None = None
 
@@ -240,6 +241,7 @@ def open_run(
   dataset: Dataset | None = None,
   mesh: jax.sharding.Mesh | None = None,
   restore: bool = True,
+  spec: DataSpec | None = None,
 ) -> Run:
   """Reopens a run: its config, dataset, model and checkpoint, restored unless `restore=False`.
 
@@ -251,6 +253,8 @@ def open_run(
     dataset: the dataset; default `load_dataset(config.data)`.
     mesh: where the variables go (replicated); default all local devices.
     restore: False stops before restoring (enough to check what a command may ask of the run).
+    spec: the dataset's facts, for a caller that needs only the model and its variables (e.g. a
+      second-stage model built on this run): no dataset is loaded and `run.dataset` is None.
 
   Raises:
     CheckpointError: the workdir is not a run, has no such checkpoint, or it cannot be restored.
@@ -266,14 +270,22 @@ def open_run(
   ckpt = Checkpointer(workdir, config.keep_checkpoints)
   step = resolve_step(workdir, str(checkpoint), ckpt.all_steps())
   ckpt.close()
-  dataset = dataset or load_dataset(config.data)
-  run = Run(workdir, config, build_model(config.model, dataset.spec), dataset, step)
-  return restore_run(run, mesh) if restore else run
+  if spec is None:
+    dataset = dataset or load_dataset(config.data)
+    spec = dataset.spec
+  run = Run(workdir, config, build_model(config.model, spec), dataset, step)
+  return restore_run(run, mesh, spec) if restore else run
 
 
-def restore_run(run: Run, mesh: jax.sharding.Mesh | None = None) -> Run:
-  """`run` with the variables of its checkpoint, replicated over `mesh` (default all devices)."""
-  config, model, spec = run.config, run.model, run.dataset.spec
+def restore_run(
+  run: Run, mesh: jax.sharding.Mesh | None = None, spec: DataSpec | None = None
+) -> Run:
+  """`run` with the variables of its checkpoint, replicated over `mesh` (default all devices).
+
+  `spec` describes the data when `run.dataset` is None (see `open_run`).
+  """
+  config, model = run.config, run.model
+  spec = spec or run.dataset.spec
   tx, _ = optimizer.make_optimizer(
     config.optimizer, max(run.step, 1), model.param_optimizers(config.model)
   )

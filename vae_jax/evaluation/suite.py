@@ -8,9 +8,11 @@ per group, `<workdir>/eval/<group>.json` (the latest evaluation), the group's en
 command line.
 
 Groups: `elbo` (single-sample ELBO as training evaluates it), `iw_nll` (importance-weighted NLL,
-see `likelihood`), `diagnostics` (active units, KL per dimension, posterior variance) and the
-disentanglement metrics of `disentanglement.DISENTANGLEMENT_METRICS` (`disentanglement` names them
-all), which need a ground-truth dataset.
+see `likelihood`), `ais` (annealed importance sampling NLL) and `bdmc` (its forward and reverse
+bounds on data simulated from the model, see `ais` and `bdmc`), `diagnostics` (active units, KL per
+dimension, posterior variance) and the disentanglement metrics of
+`disentanglement.DISENTANGLEMENT_METRICS` (`disentanglement` names them all), which need a
+ground-truth dataset. `ais` and `bdmc` take minutes to hours, so only a request computes them.
 """
 
 import dataclasses
@@ -26,14 +28,15 @@ import numpy as np
 from vae_jax import runs
 from vae_jax.data import Dataset, GroundTruthDataset
 from vae_jax.errors import ConfigError
-from vae_jax.evaluation import diagnostics, disentanglement, likelihood
+from vae_jax.evaluation import ais, bdmc, diagnostics, disentanglement, likelihood
 from vae_jax.evaluation.inference import Inference
 from vae_jax.models import family
 from vae_jax.training import mesh as meshes
 
 EVAL_DIR = "eval"
 DISENTANGLEMENT = tuple(disentanglement.DISENTANGLEMENT_METRICS)
-GROUPS = ("elbo", "iw_nll", "diagnostics", *DISENTANGLEMENT)
+GROUPS = ("elbo", "iw_nll", "ais", "bdmc", "diagnostics", *DISENTANGLEMENT)
+ON_REQUEST = ("ais", "bdmc")  # Left out when no metrics are named.
 ALIASES = {"disentanglement": DISENTANGLEMENT}
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015.
 # Arguments of the disentanglement metrics that count samples (scaled by `disentanglement_scale`).
@@ -42,7 +45,8 @@ SAMPLE_COUNTS = ("num_train", "num_eval", "num_test", "num_variance_estimate")
 ENCODE_BATCH_ONLY = ("mig", "dci", "sap")
 REPRESENTATION_BATCH = 256
 _SETTINGS = frozenset(
-  {"step", "num_examples", "iw_samples", "iw_chunk", "latent_dim", "seed", "scale"}
+  {"step", "num_examples", "iw_samples", "iw_chunk", "latent_dim", "seed", "scale", "seconds"}
+  | set(ais.Settings().record())
 )
 
 
@@ -61,6 +65,9 @@ class EvalOptions:
       runs are scored on the same samples.
     disentanglement_scale: multiplies the metrics' sample counts (disentanglement_lib's defaults
       at 1.0); below 1 for quick checks.
+    ais_settings: chains, schedule, leapfrog steps and batch size of `ais` and `bdmc`.
+    bdmc_examples: examples `bdmc` simulates from the model (a conditional model's take the test
+      labels in order, repeated when there are fewer).
   """
 
   iw_samples: int = 1000
@@ -70,6 +77,8 @@ class EvalOptions:
   num_examples: int | None = None
   disentanglement_seed: int = 0
   disentanglement_scale: float = 1.0
+  ais_settings: ais.Settings = dataclasses.field(default_factory=ais.Settings)
+  bdmc_examples: int = 100
 
   def validate(self, num_devices: int, config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for a value that cannot work on `num_devices` devices."""
@@ -80,7 +89,9 @@ class EvalOptions:
       raise ConfigError(f"num_examples={self.num_examples} must be >= 1.")
     if not self.disentanglement_scale > 0:
       raise ConfigError(f"disentanglement_scale={self.disentanglement_scale} must be > 0.")
-    del num_devices  # Evaluation batches are rounded up to a multiple of the devices.
+    if self.bdmc_examples < 1:
+      raise ConfigError(f"bdmc_examples={self.bdmc_examples} must be >= 1.")
+    self.ais_settings.validate(num_devices)
     for name, size in (
       ("iw_batch_size", self.iw_batch_size),
       ("batch_size", self.eval_batch(config)),
@@ -111,6 +122,13 @@ def select_metrics(
     else f"it needs a model with log q(z|x) and log p(z), not model.name={name!r}",
     "diagnostics": None,
   }
+  for group in ON_REQUEST:
+    reasons[group] = (
+      None
+      if caps.joint_density
+      else "it needs a model whose log p(z) and p(x|z) are explicit in z "
+      f"(capabilities.joint_density), not model.name={name!r}"
+    )
   for metric in DISENTANGLEMENT:
     reasons[metric] = (
       None if ground_truth else f"data.name={config.data.name!r} has no ground truth"
@@ -118,7 +136,7 @@ def select_metrics(
     if metric in ("mig", "sap") and config.model.latent_dim < 2:
       reasons[metric] = reasons[metric] or "it needs model.latent_dim >= 2"
   if requested is None:
-    return [g for g in GROUPS if reasons[g] is None]
+    return [g for g in GROUPS if reasons[g] is None and g not in ON_REQUEST]
   selected = []
   for metric in requested:
     if metric not in GROUPS and metric not in ALIASES:
@@ -221,11 +239,31 @@ def _group_computations(
         batch_size=options.iw_batch_size,
         elbo=elbo_means(),
       )
+    if group in ON_REQUEST:
+      return _annealed(group, run, inference, images, labels, options)
     if group == "diagnostics":
       return _diagnostics(inference.encode_evaluated(images, labels, rng), len(images))
     return _disentanglement(run.dataset.data, representation_fn(inference), group, options)
 
   return compute
+
+
+def _annealed(
+  group: str,
+  run: runs.Run,
+  inference: Inference,
+  images: np.ndarray,
+  labels: np.ndarray | None,
+  options: EvalOptions,
+) -> dict:
+  """`ais` on the images, or `bdmc` on `options.bdmc_examples` examples simulated from the model."""
+  settings, model_vars, mesh = options.ais_settings, inference.model_vars, inference.mesh
+  if group == "ais":
+    y = inference.labels(labels)
+    return ais.estimate(run.model, model_vars, images, y, run.config, mesh, settings)
+  n = options.bdmc_examples
+  y = inference.labels(None if labels is None else np.resize(labels, n))
+  return bdmc.bdmc(run.model, model_vars, n, y, run.config, mesh, settings)
 
 
 def _elbo(means: dict, images: np.ndarray) -> dict:

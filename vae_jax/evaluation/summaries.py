@@ -36,21 +36,21 @@ def traversal_grids(
   """One grid per input: row r sweeps the r-th most informative latent over [-3, 3].
 
   The other latents stay at the input's posterior mean; rows are ordered by decreasing KL (by
-  dimension index when the model reports no KL per dimension), at most `max_rows` of them.
+  dimension index when the model reports no KL per dimension), at most `max_rows` of them. A
+  categorical latent (`codes.CategoricalCodes`) takes each of its classes instead of the values.
 
   Returns:
     [num_inputs, H', W', C] grid images.
   """
+  space = inference.model.code_space()
   mu = inference.posterior_means(images, labels)
-  dims = traversal_dims(kl_per_dim, mu.shape[-1], max_rows)
+  dims = traversal_dims(kl_per_dim, space.num_latents(mu.shape[-1]), max_rows)
   values = np.linspace(-3.0, 3.0, num_values, dtype=np.float32)
-  rows = np.arange(len(dims))[:, None]
-  z = np.tile(mu[:, None, None, :], (1, len(dims), num_values, 1))
-  z[:, rows, np.arange(num_values)[None, :], dims[:, None]] = values[None, :]
+  z = space.traversal(mu, dims, values)
   flat = z.reshape(-1, mu.shape[-1])
-  y = None if labels is None else np.repeat(labels, len(dims) * num_values)
+  y = None if labels is None else np.repeat(labels, z.shape[1] * z.shape[2])
   decoded = inference.decode(flat, y).reshape(len(images), -1, *images.shape[1:])
-  return np.stack([image_grid(grid, ncol=num_values) for grid in decoded])
+  return np.stack([image_grid(grid, ncol=z.shape[2]) for grid in decoded])
 
 
 def model_images(

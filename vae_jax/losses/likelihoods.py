@@ -56,6 +56,28 @@ def log_likelihood(
   raise ValueError(f"Unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}.")
 
 
+def sample(
+  keys: jax.Array,
+  out: jax.Array,
+  likelihood: str,
+  gaussian_sigma: float = 1.0,
+  log_sigma: jax.Array | None = None,
+) -> jax.Array:
+  """Draws x ~ p(x|z) for the decoder output `out`, one key per example: [batch, ...].
+
+  Bernoulli draws are binary images; Gaussian draws are the mean plus noise of the observation
+  std (unclipped). Arguments as in `log_likelihood`.
+  """
+  if likelihood == "bernoulli":
+    draw = jax.vmap(lambda k, logits: jax.random.bernoulli(k, jax.nn.sigmoid(logits)))
+    return draw(keys, out).astype(out.dtype)
+  if likelihood not in LIKELIHOODS:
+    raise ValueError(f"Unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}.")
+  sigma = gaussian_sigma if likelihood == "gaussian" else jnp.exp(log_sigma)
+  noise = jax.vmap(lambda k, mean: jax.random.normal(k, mean.shape, mean.dtype))(keys, out)
+  return out + sigma * noise
+
+
 def decoder_mean(out: jax.Array, likelihood: str) -> jax.Array:
   """The mean of p(x|z) given the decoder output: what an image of the reconstruction shows."""
   return jax.nn.sigmoid(out) if likelihood == "bernoulli" else out

@@ -15,6 +15,7 @@ from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
 from vae_jax.models.btcvae import BetaTCVAE
 from vae_jax.models.dipvae import DIPVAE
 from vae_jax.models.factorvae import FactorVAE
+from vae_jax.models.gumbel import GumbelVAE
 from vae_jax.models.hvae import HVAE
 from vae_jax.models.iaf import IAFVAE
 from vae_jax.models.infovae import InfoVAE
@@ -23,6 +24,7 @@ from vae_jax.models.stacked import StackedVAE
 from vae_jax.models.vae import CVAE, VAE
 from vae_jax.models.vampprior import VampPriorVAE
 from vae_jax.models.vqvae import VQVAE
+from vae_jax.models.vqvae_prior import VQVAEPrior
 from vae_jax.models.wae import WAE
 
 __all__ = [
@@ -51,6 +53,8 @@ MODELS: dict[str, type[Model]] = {
   "wae": WAE,
   "infovae": InfoVAE,
   "dipvae": DIPVAE,
+  "gumbel": GumbelVAE,
+  "vqvae_prior": VQVAEPrior,
 }
 
 

@@ -20,6 +20,7 @@ import optax
 from vae_jax.collectives import Collectives
 from vae_jax.data.spec import DataSpec
 from vae_jax.losses import elbo, likelihoods
+from vae_jax.models import codes
 
 
 @flax.struct.dataclass
@@ -89,7 +90,12 @@ class Capabilities:
     prior: has a prior to sample (`generate`).
     batch_loss: adds a loss over the whole global batch (`batch_loss`).
     gaussian_posterior: `encode` returns a log-variance too (per-dimension KL diagnostics).
+    joint_density: log p(z) and p(x|z) are explicit functions of the whole latent z
+      (`prior_sample`, `log_prior`, `decode_latent`), so log p(x) can be estimated by annealed
+      importance sampling from the prior (`evaluation.ais`).
     mutable: variable collections the forward pass (and `batch_loss`) update in training.
+    takes_step: the forward pass takes the training step as `step=` (e.g. to anneal a
+      temperature); it gets the step in training and None outside it (evaluation, likelihoods).
   """
 
   conditional: bool = False
@@ -97,16 +103,20 @@ class Capabilities:
   prior: bool = False
   batch_loss: bool = False
   gaussian_posterior: bool = False
+  joint_density: bool = False
   mutable: tuple[str, ...] = ()
+  takes_step: bool = False
 
 
 class Model(nn.Module):
   """Base of every model family: the contract's methods and the family's configuration.
 
   Subclasses implement `encode(x, y) -> Posterior`, `decode(z, y) -> decoder output` and
-  `__call__(x, keys, y) -> ModelOutput` (one PRNG key per example); with `capabilities.prior`
-  also `generate(rng, num, y, temperature)`, and with `capabilities.batch_loss` also
-  `batch_loss(outputs, collectives, rng, mask)`.
+  `__call__(x, keys, y) -> ModelOutput` (one PRNG key per example; with `capabilities.takes_step`
+  also `step=None`); with `capabilities.prior` also `generate(rng, num, y, temperature)`, with
+  `capabilities.joint_density` also `prior_sample`, `log_prior` and `decode_latent`, and with
+  `capabilities.batch_loss` also `batch_loss(outputs, collectives, rng, mask)`. `code_space()`
+  says what traversing and interpolating the code `encode(...).mean` means (`codes`).
   """
 
   capabilities: ClassVar[Capabilities] = Capabilities()
@@ -133,6 +143,30 @@ class Model(nn.Module):
     """Own optimizers for top-level parameter subtrees (e.g. a discriminator's); default none."""
     del config
     return {}
+
+  def code_space(self) -> codes.RealCodes | codes.CategoricalCodes:
+    """How the tools traverse and interpolate this family's code; default: real coordinates."""
+    return codes.RealCodes()
+
+  def prior_sample(self, keys: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    """Latents z ~ p(z) [batch, latent_size], one draw per key (families with `joint_density`).
+
+    `latent_size` covers every stochastic layer (a hierarchy's layers concatenated), so that
+    `log_prior` and `decode_latent` of the draw are the model's whole joint.
+    """
+    raise NotImplementedError
+
+  def log_prior(self, z: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    """log p(z) [batch] of whole latents z [batch, latent_size] (families with `joint_density`)."""
+    raise NotImplementedError
+
+  def decode_latent(self, z: jax.Array, y: jax.Array | None = None) -> ModelOutput:
+    """p(x|z) for whole latents z: a `ModelOutput` with `out`, `z` and `log_sigma` set.
+
+    With `losses.likelihoods.log_likelihood(x, o.out, ..., o.log_sigma)` this gives log p(x|z)
+    (families with `joint_density`).
+    """
+    raise NotImplementedError
 
   def batch_loss(
     self,

@@ -35,7 +35,9 @@ class BetaTCVAE(VAE):
     estimator: 'mws' or 'mss' (`total_correlation.ESTIMATORS`).
   """
 
-  capabilities = Capabilities(density=True, prior=True, batch_loss=True, gaussian_posterior=True)
+  capabilities = Capabilities(
+    density=True, prior=True, batch_loss=True, gaussian_posterior=True, joint_density=True
+  )
 
   alpha: float = 1.0
   beta: float = 6.0

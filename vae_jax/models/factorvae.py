@@ -92,7 +92,9 @@ class FactorVAE(Model):
     discriminator_hidden_sizes: hidden layer widths of the discriminator MLP.
   """
 
-  capabilities = Capabilities(density=True, prior=True, batch_loss=True, gaussian_posterior=True)
+  capabilities = Capabilities(
+    density=True, prior=True, batch_loss=True, gaussian_posterior=True, joint_density=True
+  )
 
   vae: VAE
   gamma: float = 35.0
@@ -162,6 +164,18 @@ class FactorVAE(Model):
   ) -> jax.Array:
     """Decoder outputs of prior draws (the inner VAE's sampler)."""
     return self.vae.generate(rng, num, y, temperature)
+
+  def prior_sample(self, keys: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    """The inner VAE's prior draws."""
+    return self.vae.prior_sample(keys, y)
+
+  def log_prior(self, z: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    """The inner VAE's log p(z)."""
+    return self.vae.log_prior(z, y)
+
+  def decode_latent(self, z: jax.Array, y: jax.Array | None = None) -> ModelOutput:
+    """The inner VAE's p(x|z)."""
+    return self.vae.decode_latent(z, y)
 
   def __call__(self, x: jax.Array, keys: jax.Array, y: jax.Array | None = None) -> ModelOutput:
     """The inner VAE's forward pass (see `VAE.__call__`)."""

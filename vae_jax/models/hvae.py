@@ -18,6 +18,9 @@ dimensions first, so its first `latent_dim` entries line up with the code `encod
 `extra_terms` holds each layer's total as `kl_layer_<i>`. `log_q_z` and `log_p_z` are the joint
 densities over all layers of the sampled z's, for the IWAE objective and the importance-weighted
 NLL.
+
+For annealed importance sampling the whole latent is every layer's z concatenated, bottom first
+(`prior_sample`, `log_prior` = the joint log p(z_0, ..., z_{L-1}), `decode_latent`).
 """
 
 from collections.abc import Sequence
@@ -29,7 +32,12 @@ import ml_collections
 
 from vae_jax.data.spec import DataSpec
 from vae_jax.errors import require, require_sizes
-from vae_jax.losses.distributions import gaussian_kl, gaussian_log_density
+from vae_jax.losses.distributions import (
+  gaussian_kl,
+  gaussian_log_density,
+  standard_normal_log_density,
+  standard_normal_noise,
+)
 from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
 from vae_jax.models.bodies import Head, build_bodies, dense
 
@@ -68,7 +76,7 @@ class HVAE(Model):
     init_scheme: initialisation of the dense layers ('flax' or 'pytorch', see `bodies`).
   """
 
-  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True)
+  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True, joint_density=True)
 
   encoder: nn.Module
   decoder: nn.Module
@@ -148,6 +156,35 @@ class HVAE(Model):
     for i in reversed(range(len(self.latent_dims) - 1)):
       zs.insert(0, self.prior(i, zs[0])[0])
     return self._decode_layers(zs)
+
+  def _layers(self, z: jnp.ndarray) -> list[jnp.ndarray]:
+    """A whole latent [batch, sum(latent_dims)] split into its layers, bottom first."""
+    bounds = [sum(self.latent_dims[:i]) for i in range(1, len(self.latent_dims))]
+    return jnp.split(z, bounds, axis=-1)
+
+  def prior_sample(self, keys: jax.Array, y: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Ancestral draws of every layer, concatenated bottom first: [batch, sum(latent_dims)]."""
+    del y
+    zs = self._layers(standard_normal_noise(keys, sum(self.latent_dims)))
+    for i in reversed(range(len(self.latent_dims) - 1)):
+      mu, logvar = self.prior(i, zs[i + 1])
+      zs[i] = mu + jnp.exp(0.5 * logvar) * zs[i]
+    return jnp.concatenate(zs, axis=-1)
+
+  def log_prior(self, z: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:
+    """The joint log p(z_{L-1}) + sum_i log p(z_i | z_{i+1}) [batch] of a whole latent."""
+    del y
+    zs = self._layers(z)
+    total = standard_normal_log_density(zs[-1])
+    for i in range(len(self.latent_dims) - 1):
+      total = total + gaussian_log_density(zs[i], *self.prior(i, zs[i + 1]))
+    return total
+
+  def decode_latent(self, z: jnp.ndarray, y: jnp.ndarray | None = None) -> ModelOutput:
+    """The decoder output given every layer of a whole latent, and the learned log-std if any."""
+    del y
+    log_sigma = self.log_sigma if self.learn_sigma else None
+    return ModelOutput(out=self._decode_layers(self._layers(z)), z=z, log_sigma=log_sigma)
 
   def __call__(self, x: jnp.ndarray, keys: jax.Array, y: jnp.ndarray | None = None) -> ModelOutput:
     """Bottom-up pass, then samples every layer top-down from one key per example, and decodes.

@@ -40,7 +40,7 @@ class IAFVAE(Model):
     init_scheme: initialisation of the encoder head ('flax' or 'pytorch', see `bodies`).
   """
 
-  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True)
+  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True, joint_density=True)
 
   encoder: nn.Module
   decoder: nn.Module
@@ -135,3 +135,19 @@ class IAFVAE(Model):
     """Decoder outputs of `num` draws z ~ N(0, temperature^2 I) from the prior."""
     del y
     return self.decoder(temperature * jax.random.normal(rng, (num, self.latent_dim)))
+
+  def prior_sample(self, keys: jax.Array, y: jnp.ndarray | None = None) -> jnp.ndarray:
+    """z ~ N(0, I) [batch, latent_dim], one draw per key."""
+    del y
+    return distributions.standard_normal_noise(keys, self.latent_dim)
+
+  def log_prior(self, z: jnp.ndarray, y: jnp.ndarray | None = None) -> jnp.ndarray:
+    """log N(z; 0, I) [batch]."""
+    del y
+    return distributions.standard_normal_log_density(z)
+
+  def decode_latent(self, z: jnp.ndarray, y: jnp.ndarray | None = None) -> ModelOutput:
+    """The decoder output and the learned observation log-std (if any) at z."""
+    del y
+    log_sigma = self.log_sigma if self.learn_sigma else None
+    return ModelOutput(out=self.decoder(z), z=z, log_sigma=log_sigma)

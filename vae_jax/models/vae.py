@@ -23,7 +23,7 @@ class VAE(Model):
     init_scheme: initialisation of the head ('flax' or 'pytorch', see `bodies`).
   """
 
-  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True)
+  capabilities = Capabilities(density=True, prior=True, gaussian_posterior=True, joint_density=True)
 
   encoder: nn.Module
   decoder: nn.Module
@@ -90,11 +90,28 @@ class VAE(Model):
     z = temperature * jax.random.normal(rng, (num, self.latent_dim))
     return self.decode(z, y)
 
+  def prior_sample(self, keys: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    """z ~ N(0, I) [batch, latent_dim], one draw per key."""
+    del y
+    return distributions.standard_normal_noise(keys, self.latent_dim)
+
+  def log_prior(self, z: jax.Array, y: jax.Array | None = None) -> jax.Array:
+    """log N(z; 0, I) [batch]."""
+    del y
+    return distributions.standard_normal_log_density(z)
+
+  def decode_latent(self, z: jax.Array, y: jax.Array | None = None) -> ModelOutput:
+    """The decoder output and the learned observation log-std (if any) at z."""
+    log_sigma = self.log_sigma if self.learn_sigma else None
+    return ModelOutput(out=self.decode(z, y), z=z, log_sigma=log_sigma)
+
 
 class CVAE(VAE):
   """The VAE conditioned on the class label (Sohn et al. 2015): y joins encoder and decoder."""
 
-  capabilities = Capabilities(conditional=True, density=True, prior=True, gaussian_posterior=True)
+  capabilities = Capabilities(
+    conditional=True, density=True, prior=True, gaussian_posterior=True, joint_density=True
+  )
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "CVAE":

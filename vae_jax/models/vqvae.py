@@ -15,7 +15,7 @@ batch means, linear in the batch, so the train step's `pmean` over devices gives
 global-batch update. They start as if every code had been used equally often at its initial
 position, so a code nobody picks stays put while its share decays.
 
-The prior over codes is uniform and factorised (a learned autoregressive prior is out of scope),
+The prior over codes is uniform and factorised (family `vqvae_prior` learns a PixelCNN prior),
 so KL(q(z|x) || p(z)) = log K per position for the deterministic posterior: the model reports
 `kl_per_dim` = log K for each of the L positions, a constant that moves the loss but not its
 gradient, and makes `elbo` = recon - L log K a true (loose) bound on log p(x) under that prior.
@@ -187,15 +187,10 @@ class VQVAE(Model):
     for field in ("num_codes", "code_dim"):
       require(c[field] >= 1, f"model.vqvae.{field}={c[field]} must be >= 1.")
     require_choice(c.codebook_update, CODEBOOK_UPDATES, "model.vqvae.codebook_update")
-    require(
-      c.commitment_cost >= 0, f"model.vqvae.commitment_cost={c.commitment_cost} must be >= 0."
-    )
+    for field in ("commitment_cost", "dead_code_threshold"):
+      require(c[field] >= 0, f"model.vqvae.{field}={c[field]} must be >= 0.")
     require(0 <= c.ema_decay < 1, f"model.vqvae.ema_decay={c.ema_decay} must be in [0, 1).")
     require(c.ema_epsilon > 0, f"model.vqvae.ema_epsilon={c.ema_epsilon} must be > 0.")
-    require(
-      c.dead_code_threshold >= 0,
-      f"model.vqvae.dead_code_threshold={c.dead_code_threshold} must be >= 0.",
-    )
     require(
       not c.dead_code_restart or c.codebook_update == "ema",
       "model.vqvae.dead_code_restart needs model.vqvae.codebook_update='ema' (restarts use EMA "
@@ -251,6 +246,14 @@ class VQVAE(Model):
 
   def _unflatten(self, z: jnp.ndarray) -> jnp.ndarray:
     return jnp.swapaxes(z.reshape(z.shape[0], self.code_dim, self.num_latents), 1, 2)
+
+  def code_indices(self, x: jnp.ndarray) -> jnp.ndarray:
+    """The index of the code nearest each encoder output: [batch, L], grid positions row-major."""
+    return nearest_codes(self._encode_vectors(x), self.codebook())
+
+  def code_vectors(self, codes: jnp.ndarray) -> jnp.ndarray:
+    """The codebook rows of code indices [batch, L], flattened channel-major to [batch, D * L]."""
+    return _flatten(self.codebook()[codes])
 
   def encode(self, x: jnp.ndarray, y: jnp.ndarray | None = None) -> Posterior:
     """The continuous encoder output z_e, flattened channel-major to [batch, D * L]."""

@@ -6,33 +6,10 @@ import numpy as np
 
 from vae_jax import runs
 from vae_jax.evaluation.images import image_grid
-from vae_jax.losses.distributions import kl_standard_normal
 from vae_jax.tools import common
 from vae_jax.tools.common import require
 
-MODES = ("linear", "slerp", "both")
 KL_EXAMPLES = 1000  # Test examples whose mean KL per dimension orders the traversal rows.
-
-
-def slerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-  """Spherical interpolation from a (t=0) to b (t=1) for each t; linear when a and b are parallel.
-
-  Returns:
-    [len(t), d] points. The angle is measured between the directions of a and b; the magnitudes are
-    interpolated along with it (as in White 2016, "Sampling Generative Networks").
-  """
-  a, b, t = np.asarray(a, np.float64), np.asarray(b, np.float64), np.asarray(t, np.float64)[:, None]
-  cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)
-  omega = np.arccos(np.clip(cos, -1.0, 1.0))
-  if np.sin(omega) < 1e-6:
-    return (1 - t) * a + t * b
-  return (np.sin((1 - t) * omega) * a + np.sin(t * omega) * b) / np.sin(omega)
-
-
-def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
-  """Linear interpolation from a (t=0) to b (t=1): [len(t), d]."""
-  t = np.asarray(t, np.float64)[:, None]
-  return (1 - t) * np.asarray(a, np.float64) + t * np.asarray(b, np.float64)
 
 
 # sample
@@ -87,7 +64,12 @@ def run_sample(run: runs.Run, **options) -> dict:
 
 @dataclasses.dataclass
 class InterpolateOptions(common.Options):
-  """index_a, index_b: test examples; steps: points including both ends; mode: linear|slerp|both."""
+  """index_a, index_b: test examples; steps: points including both ends; mode: a path or 'both'.
+
+  The paths are the code's (`Model.code_space`): 'linear' and 'slerp' for real latents, 'linear'
+  (in class probabilities) and 'logit' (in log-probabilities) for categorical ones; 'both' draws
+  each.
+  """
 
   index_a: int = 0
   index_b: int = 1
@@ -95,12 +77,18 @@ class InterpolateOptions(common.Options):
   mode: str = "both"
 
 
+def interpolation_modes(run: runs.Run) -> tuple[str, ...]:
+  """The --mode values of the run's code: its paths ('linear', 'slerp' or 'logit'), and 'both'."""
+  return (*run.model.code_space().modes, "both")
+
+
 def check_interpolate(run: runs.Run, o: InterpolateOptions) -> None:
   """Checks interpolate's options against the run."""
   common.check_index(run, o.index_a, "--index_a")
   common.check_index(run, o.index_b, "--index_b")
   require(o.steps >= 2, f"--steps={o.steps} must be >= 2.")
-  require(o.mode in MODES, f"--mode={o.mode!r} is not one of {MODES}.")
+  modes = interpolation_modes(run)
+  require(o.mode in modes, f"--mode={o.mode!r} is not one of {modes}.")
 
 
 INTERPOLATE = common.Command("interpolate", InterpolateOptions, check_interpolate, "interpolate")
@@ -112,16 +100,16 @@ def run_interpolate(run: runs.Run, **options) -> dict:
   A conditional model decodes each point with the label of the nearer end.
   """
   o = INTERPOLATE.parse(run, options)
+  space = run.model.code_space()
   images, labels = common.split_arrays(run, "test")
   idx = np.array([o.index_a, o.index_b])
   ends_labels = None if labels is None else labels[idx]
   mu = common.inference(run).posterior_means(images[idx], ends_labels)
   t = np.linspace(0.0, 1.0, o.steps)
   path_labels = None if labels is None else np.where(t < 0.5, ends_labels[0], ends_labels[1])
-  modes = ("linear", "slerp") if o.mode == "both" else (o.mode,)
-  paths = {"linear": lerp, "slerp": slerp}
+  modes = space.modes if o.mode == "both" else (o.mode,)
   decoded = {
-    m: common.inference(run).decode(paths[m](mu[0], mu[1], t).astype(np.float32), path_labels)
+    m: common.inference(run).decode(space.path(mu[0], mu[1], t, m).astype(np.float32), path_labels)
     for m in modes
   }
   x = np.asarray(common.inference(run).inputs(images[idx]))
@@ -136,7 +124,10 @@ def run_interpolate(run: runs.Run, **options) -> dict:
 
 @dataclasses.dataclass
 class TraverseOptions(common.Options):
-  """index: test example; range: values in [-range, range]; steps: values; dims: 'all' or '0,3'."""
+  """index: test example; range: values in [-range, range]; steps: values; dims: 'all' or '0,3'.
+
+  A categorical latent takes each of its classes instead of `range` and `steps`.
+  """
 
   index: int = 0
   range: float = 3.0
@@ -169,19 +160,23 @@ TRAVERSE = common.Command("traverse", TraverseOptions, check_traverse, "traverse
 
 
 def kl_per_dim(run: runs.Run) -> np.ndarray | None:
-  """Mean KL(q(z_j|x) || N(0, 1)) per dimension over test examples; None without a Gaussian q."""
+  """Mean KL(q(z_j|x) || p(z_j)) per latent over test examples; None when the code has none.
+
+  A Gaussian posterior's KL to N(0, 1) per dimension, a categorical code's KL to the uniform
+  categorical per variable (`Model.code_space`).
+  """
   images, labels = common.split_arrays(run, "test")
   n = min(KL_EXAMPLES, len(images))
   post = common.inference(run).encode(images[:n], None if labels is None else labels[:n])
-  if post.logvar is None:
-    return None
-  return np.asarray(kl_standard_normal(post.mean, post.logvar)).mean(axis=0)
+  kl = run.model.code_space().latent_kl(post.mean, post.logvar)
+  return None if kl is None else kl.mean(axis=0)
 
 
 def run_traverse(run: runs.Run, **options) -> dict:
   """Row r sweeps one latent over [-range, range], the others at the input's posterior mean.
 
-  Rows are ordered by decreasing mean KL when the posterior is Gaussian (by index otherwise).
+  A categorical latent (`codes.CategoricalCodes`) is set to each of its classes instead. Rows are
+  ordered by decreasing mean KL when the code has one (by index otherwise).
   """
   o = TRAVERSE.parse(run, options)
   images, labels = common.split_arrays(run, "test")
@@ -192,12 +187,12 @@ def run_traverse(run: runs.Run, **options) -> dict:
   if kl is not None:
     dims = dims[np.argsort(-kl[dims], kind="stable")]
   values = np.linspace(-o.range, o.range, o.steps, dtype=np.float32)
-  z = np.tile(mu, (len(dims), o.steps, 1))
-  z[np.arange(len(dims))[:, None], np.arange(o.steps)[None, :], dims[:, None]] = values
+  z = run.model.code_space().traversal(mu[None], dims, values)[0]
+  ncol = z.shape[1]
   z = z.reshape(-1, mu.shape[-1])
   decoded = common.inference(run).decode(z, None if label is None else np.repeat(label, len(z)))
   with TRAVERSE.outputs(run, o) as out:
-    out.save_image(image_grid(decoded, ncol=o.steps))
+    out.save_image(image_grid(decoded, ncol=ncol))
   return {"files": out.files, "dims": dims.tolist(), "kl_per_dim": kl, "images": decoded}
 
 

@@ -45,12 +45,14 @@ def forward_terms(
   config: ml_collections.ConfigDict,
   model_state: dict | None = None,
   mutable: bool = False,
+  step=None,
 ):
   """Preprocesses a batch, runs the model and returns the per-example objective terms.
 
   With `objective.num_samples` k > 1 the model runs on k posterior samples per example and the
   terms are combined by `elbo.importance_weighted_terms`: averaged over the samples (the k-sample
-  ELBO of `estimator='elbo'`) and with the k-sample bound `iwae` (`estimator='iwae'`).
+  ELBO of `estimator='elbo'`) and with the k-sample bound `iwae` (`estimator='iwae'`). A model
+  with `capabilities.takes_step` gets `step` (the training step; None outside training).
 
   Returns:
     `(terms, outputs)`, or `((terms, outputs), updated model_state)` when `mutable`.
@@ -60,9 +62,10 @@ def forward_terms(
   model_vars = variables(params, model_state)
   collections = [c for c in model.capabilities.mutable if c in model_state] if mutable else False
   m = config.model
+  step_arg = {"step": step} if model.capabilities.takes_step else {}
 
   def one_sample(k):
-    return model.apply(model_vars, x, k, y, mutable=collections)
+    return model.apply(model_vars, x, k, y, mutable=collections, **step_arg)
 
   if config.objective.estimator == "iwae" or config.objective.num_samples > 1:
     ids = jnp.arange(config.objective.num_samples)
@@ -137,7 +140,7 @@ def update(
 
   def loss_fn(params):
     (terms, outputs), model_state = forward_terms(
-      model, params, batch, keys, config, state.model_state, mutable=True
+      model, params, batch, keys, config, state.model_state, mutable=True, step=state.step
     )
     loss, metrics = elbo.loss_from_terms(terms, config.objective, state.step, collectives)
     if model.capabilities.batch_loss:

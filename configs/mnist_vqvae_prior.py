@@ -1,0 +1,22 @@
+"""PixelCNN prior over the codes of a trained MNIST VQ-VAE (configs/mnist_vqvae.py).
+
+The second training stage: `--config.model.vqvae_prior.vqvae_workdir=<the VQ-VAE run>`. A gated
+PixelCNN (8 layers of 64 channels, 3-wide kernels) models the 7x7 grid of K=512 codes; 5 epochs of
+Adam with a cosine decay from 2e-3 (200 warm-up steps). The data and likelihood fields are the
+defaults, as in the VQ-VAE's config, and must match its run.
+"""
+
+import ml_collections
+
+from configs import default
+from vae_jax import models
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = default.get_config()
+  models.select_model(config, "vqvae_prior")
+  config.optimizer.learning_rate = 2e-3
+  config.optimizer.schedule = "cosine"
+  config.optimizer.warmup_steps = 200
+  config.num_epochs = 5
+  return config

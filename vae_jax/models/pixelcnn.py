@@ -1,0 +1,149 @@
+"""Gated PixelCNN (van den Oord et al. 2016, "Conditional image generation with PixelCNN decoders").
+
+An autoregressive model of a grid of discrete codes in raster order: the logits at position
+(i, j) depend only on the codes above row i and left of column j in row i. Each gated layer has
+two stacks. The vertical stack sees the rows above and the current row through a
+(k//2 + 1) x k convolution (the k x k masked kernel without its zero rows); the horizontal stack
+sees the current row up to column j through a 1 x (k//2 + 1) convolution. The vertical features
+reach the horizontal stack only shifted down by one row, so they carry rows < i, and the full
+width of the vertical kernel grows the receptive field to the right as well as the left: the
+blind spot of the original PixelCNN's masked 3x3 kernels is gone. The first layer shifts the
+horizontal input right by one (the paper's mask 'A': the current code is not seen) and has no
+residual connection; later layers (mask 'B') see their own position, which by then carries
+only earlier codes. Both stacks use the gated activation tanh(a) * sigmoid(b).
+
+This is the unconditional model (no class or latent conditioning) that a VQ-VAE's prior needs.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def down_shift(x: jax.Array) -> jax.Array:
+  """[batch, H, W, C] moved down one row: row i holds row i - 1, row 0 zeros."""
+  return jnp.pad(x, ((0, 0), (1, 0), (0, 0), (0, 0)))[:, :-1]
+
+
+def right_shift(x: jax.Array) -> jax.Array:
+  """[batch, H, W, C] moved right one column: column j holds column j - 1, column 0 zeros."""
+  return jnp.pad(x, ((0, 0), (0, 0), (1, 0), (0, 0)))[:, :, :-1]
+
+
+def gate(x: jax.Array) -> jax.Array:
+  """tanh(a) * sigmoid(b) of the two halves a, b of the channels [..., 2C] -> [..., C]."""
+  a, b = jnp.split(x, 2, axis=-1)
+  return jnp.tanh(a) * jax.nn.sigmoid(b)
+
+
+class GatedLayer(nn.Module):
+  """One gated layer: (vertical, horizontal) features [batch, H, W, C] in, the same out.
+
+  Attributes:
+    features: C, the channels of both stacks.
+    kernel_size: k (odd); the vertical kernel is (k//2 + 1) x k, the horizontal 1 x (k//2 + 1).
+    first: mask 'A' (the first layer): the horizontal stack does not see its own position and
+      there is no residual connection.
+  """
+
+  features: int
+  kernel_size: int = 3
+  first: bool = False
+
+  @nn.compact
+  def __call__(self, v: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:  # noqa: D102
+    c, k, r = self.features, self.kernel_size, self.kernel_size // 2
+    v_feat = nn.Conv(2 * c, (r + 1, k), padding=((r, 0), (r, r)), name="vertical")(v)
+    h_in = right_shift(h) if self.first else h
+    h_feat = nn.Conv(2 * c, (1, r + 1), padding=((0, 0), (r, 0)), name="horizontal")(h_in)
+    h_feat = h_feat + nn.Dense(2 * c, name="vertical_to_horizontal")(down_shift(v_feat))
+    h_out = nn.Dense(c, name="horizontal_out")(gate(h_feat))
+    return gate(v_feat), h_out if self.first else h + h_out
+
+
+class GatedStack(nn.Module):
+  """Gated layers and an output head: embedded grid [batch, H, W, C] -> logits [batch, H, W, K].
+
+  Attributes:
+    num_codes: K, the categories per position.
+    features: C, the channels of the stacks (the input's last axis must match).
+    num_layers: gated layers (>= 1).
+    kernel_size: k of every layer (odd).
+    head_features: width of the hidden 1x1 layer of the output head.
+  """
+
+  num_codes: int
+  features: int = 64
+  num_layers: int = 8
+  kernel_size: int = 3
+  head_features: int = 256
+
+  @nn.compact
+  def __call__(self, e: jax.Array) -> jax.Array:  # noqa: D102
+    v = h = e
+    for i in range(self.num_layers):
+      v, h = GatedLayer(self.features, self.kernel_size, first=i == 0, name=f"layer_{i}")(v, h)
+    out = nn.Dense(self.head_features, name="head_hidden")(nn.relu(h))
+    return nn.Dense(self.num_codes, name="head_logits")(nn.relu(out))
+
+
+class GatedPixelCNN(nn.Module):
+  """Code indices [batch, H, W] -> logits [batch, H, W, K]: a learned embedding, then the stack.
+
+  Attributes: those of `GatedStack`; the embedding has `features` dimensions.
+  """
+
+  num_codes: int
+  features: int = 64
+  num_layers: int = 8
+  kernel_size: int = 3
+  head_features: int = 256
+
+  @nn.compact
+  def __call__(self, codes: jax.Array) -> jax.Array:  # noqa: D102
+    e = nn.Embed(self.num_codes, self.features, name="embed")(codes)
+    stack = GatedStack(
+      self.num_codes,
+      self.features,
+      self.num_layers,
+      self.kernel_size,
+      self.head_features,
+      name="stack",
+    )
+    return stack(e)
+
+
+def code_nll(logits: jax.Array, codes: jax.Array) -> jax.Array:
+  """-log softmax(logits)[code] at each position: logits [..., K], codes [...] -> [...] nats."""
+  log_p = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(log_p, codes[..., None], axis=-1)[..., 0]
+
+
+def sample_codes(
+  logits_fn, rng: jax.Array, num: int, grid: tuple[int, int], temperature: jax.Array | float
+) -> jax.Array:
+  """Draws `num` code grids [num, H, W] one position at a time in raster order.
+
+  Position t = i * W + j is drawn from softmax(logits_fn(codes)[:, i, j] / temperature) with key
+  fold_in(rng, t), given the codes drawn before it (later positions are still 0, and a causal
+  `logits_fn` does not read them). Temperature 0 takes the most likely code.
+
+  Args:
+    logits_fn: code grids [num, H, W] int32 -> logits [num, H, W, K], causal in raster order.
+    rng: the key of the whole draw.
+    num: grids to draw.
+    grid: (H, W).
+    temperature: >= 0; may be traced.
+  """
+  h, w = grid
+
+  def body(t, codes):
+    i, j = t // w, t % w
+    logits = logits_fn(codes)[:, i, j]
+    scaled = logits / jnp.maximum(temperature, jnp.finfo(logits.dtype).tiny)
+    drawn = jax.random.categorical(jax.random.fold_in(rng, t), scaled, axis=-1)
+    pick = jnp.where(temperature > 0, drawn, jnp.argmax(logits, axis=-1))
+    return codes.at[:, i, j].set(pick.astype(codes.dtype))
+
+  return lax.fori_loop(0, h * w, body, jnp.zeros((num, h, w), jnp.int32))
