@@ -26,16 +26,9 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow
 
 STEPS = 300
-# Procedural dSprites through a tiny MLP: no data files, ~25 steps/s for two processes here.
+# helpers.TINY_RUN (~25 steps/s for two processes here), with these tests' length and intervals.
 TINY = [
-  "--config=configs/beta4.py",
-  "--config.model.arch=mlp",
-  "--config.model.hidden_sizes=(16,)",
-  "--config.data.num_eval_examples=100",
-  "--config.data.eval_batch_size=50",
-  "--config.num_prior_samples=4",
-  "--config.num_image_examples=2",
-  "--config.num_traversal_inputs=1",
+  *helpers.TINY_RUN,
   f"--config.num_train_steps={STEPS}",
   "--config.log_every_steps=25",
   f"--config.eval_every_steps={STEPS}",

@@ -26,17 +26,7 @@ from vae_jax import runs
 from vae_jax.errors import WriteError
 from vae_jax.training import preemption
 
-# A run that needs no data files: procedural dSprites through a tiny MLP (~300 steps/s here).
-TINY = [
-  "--config=configs/beta4.py",
-  "--config.model.arch=mlp",
-  "--config.model.hidden_sizes=(16,)",
-  "--config.data.num_eval_examples=100",
-  "--config.data.eval_batch_size=50",
-  "--config.num_prior_samples=4",
-  "--config.num_image_examples=2",
-  "--config.num_traversal_inputs=1",
-]
+TINY = helpers.TINY_RUN
 
 
 def _env() -> dict:
