@@ -22,7 +22,8 @@ import optax
 from experiments.iwae_table1 import config as table1
 
 
-def _images(manual_dir: str | None) -> np.ndarray:
+def images(manual_dir: str | None) -> np.ndarray:
+  """MNIST training images from `manual_dir`, or random uint8 images of MNIST's shape."""
   if manual_dir:
     from vae_jax.data import load_dataset
 
@@ -103,6 +104,36 @@ def vae_jax_program(images: np.ndarray, k: int, steps: int):
   return train.SingleRun(config, workdir, dataset, meshes.make_mesh(), 10**9)
 
 
+def measure(images: np.ndarray, k: int = 1, steps: int = 1000, rounds: int = 5) -> dict:
+  """Median ms per step of the minimal loop and of vae_jax's trainer, in alternating rounds."""
+  run, state = minimal_loop(images, k, steps)
+  program = vae_jax_program(images, k, steps)
+  state = jax.block_until_ready(run(state, 0))
+  program.train(0, steps)
+  program.block()
+  times = {"minimal": [], "vae_jax": []}
+  done = steps
+  for r in range(rounds):
+    for name in ("minimal", "vae_jax") if r % 2 == 0 else ("vae_jax", "minimal"):
+      start = time.perf_counter()
+      if name == "minimal":
+        state = jax.block_until_ready(run(state, done))
+      else:
+        program.train(done, done + steps)
+        program.block()
+      times[name].append((time.perf_counter() - start) / steps * 1e3)
+    done += steps
+  med = {name: float(np.median(t)) for name, t in times.items()}
+  return {
+    "k": k,
+    "steps_per_dispatch": steps,
+    "minimal_ms_per_step": med["minimal"],
+    "vae_jax_ms_per_step": med["vae_jax"],
+    "rounds_ms": times,
+    "overhead_ratio": med["vae_jax"] / med["minimal"],
+  }
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--k", type=int, default=1)
@@ -110,29 +141,12 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--manual_dir", default=None)
   args = parser.parse_args()
-  images = _images(args.manual_dir)
-  run, state = minimal_loop(images, args.k, args.steps)
-  program = vae_jax_program(images, args.k, args.steps)
-  state = jax.block_until_ready(run(state, 0))
-  program.train(0, args.steps)
-  program.block()
-  times = {"minimal": [], "vae_jax": []}
-  done = args.steps
-  for r in range(args.rounds):
-    for name in ("minimal", "vae_jax") if r % 2 == 0 else ("vae_jax", "minimal"):
-      start = time.perf_counter()
-      if name == "minimal":
-        state = jax.block_until_ready(run(state, done))
-      else:
-        program.train(done, done + args.steps)
-        program.block()
-      times[name].append((time.perf_counter() - start) / args.steps * 1e3)
-    done += args.steps
-  med = {name: float(np.median(t)) for name, t in times.items()}
+  result = measure(images(args.manual_dir), args.k, args.steps, args.rounds)
   print(f"IWAE protocol, k={args.k}, batch 20, {args.steps} steps per dispatch, {jax.devices()}")
-  for name, t in times.items():
-    print(f"{name:<8} median {med[name]:.3f} ms/step  rounds {[round(v, 3) for v in t]}")
-  print(f"vae_jax / minimal: {med['vae_jax'] / med['minimal']:.3f}x the time per step")
+  for name in ("minimal", "vae_jax"):
+    rounds = [round(v, 3) for v in result["rounds_ms"][name]]
+    print(f"{name:<8} median {result[name + '_ms_per_step']:.3f} ms/step  rounds {rounds}")
+  print(f"vae_jax / minimal: {result['overhead_ratio']:.3f}x the time per step")
 
 
 if __name__ == "__main__":

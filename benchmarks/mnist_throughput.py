@@ -23,10 +23,10 @@ import numpy as np
 
 def input_pipeline_rate(dataset, batch_size: int, seed: int, steps: int = 2000) -> float:
   """Examples/s of building global batches and putting them on the mesh (no training)."""
-  from vae_jax import parallel
+  from vae_jax.training import mesh as meshes
 
   stream = dataset.train_stream(batch_size, seed)
-  sharding = parallel.batch_sharded(parallel.make_mesh())
+  sharding = meshes.batch_sharded(meshes.make_mesh())
   start = time.perf_counter()
   for step in range(steps):
     batch = jax.device_put(stream.batch(step), sharding)
@@ -64,19 +64,26 @@ def main() -> None:
   parser.add_argument("--skip_torch", action="store_true")
   args = parser.parse_args()
 
+  references = [] if args.skip_torch else ["torch_pil", "torch_tensor"]
+  runs = measure(args.manual_dir, args.epochs, args.repeats, references)
+  _print_table(runs, args.epochs)
+  print(json.dumps(runs, default=float))
+
+
+def measure(
+  manual_dir: str, epochs: int, repeats: int = 1, references: tuple = ("torch_tensor",)
+) -> dict[str, list[dict]]:
+  """Each run's figures per repeat: vae_jax and the PyTorch `references` that can run here."""
   import tensorflow as tf
 
   tf.config.set_visible_devices([], "GPU")
-  names = ["vae_jax"] + (
-    [] if args.skip_torch or not _have_torch() else ["torch_pil", "torch_tensor"]
-  )
+  names = ["vae_jax"] + (list(references) if _have_torch() else [])
   runs = {name: [] for name in names}
   with tempfile.TemporaryDirectory() as workdir:
-    for repeat in range(args.repeats):
+    for repeat in range(repeats):
       for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-        runs[name].append(_run(name, args, workdir, repeat))
-  _print_table(runs, args.epochs)
-  print(json.dumps(runs, default=float))
+        runs[name].append(_run(name, manual_dir, epochs, workdir, repeat))
+  return runs
 
 
 def _have_torch() -> bool:
@@ -87,12 +94,12 @@ def _have_torch() -> bool:
   return True
 
 
-def _run(name: str, args, workdir: str, repeat: int) -> dict:
+def _run(name: str, manual_dir: str, epochs: int, workdir: str, repeat: int) -> dict:
   if name == "vae_jax":
-    return run_vae_jax(args.manual_dir, args.epochs, f"{workdir}/run{repeat}", f"{workdir}/tfds")
+    return run_vae_jax(manual_dir, epochs, f"{workdir}/run{repeat}", f"{workdir}/tfds")
   from benchmarks import torch_reference
 
-  return torch_reference.run(args.manual_dir, args.epochs, pipeline=name.removeprefix("torch_"))
+  return torch_reference.run(manual_dir, epochs, pipeline=name.removeprefix("torch_"))
 
 
 def _print_table(runs: dict[str, list[dict]], epochs: int) -> None:

@@ -43,16 +43,21 @@ def member_configs(config_module: str, steps: int, manual_dir: str | None) -> li
 
 
 def main() -> None:
-  """Runs both ways and prints one JSON line with the figures and ratios."""
-  from vae_jax.data import load_dataset
-  from vae_jax.training import train, vectorized
-
+  """Runs both ways and prints the figures and ratios as JSON."""
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--config", default="configs/beta4.py")
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--manual_dir", default=None)
   args = parser.parse_args()
-  configs = member_configs(args.config, args.steps, args.manual_dir)
+  print(json.dumps(measure(args.config, args.steps, args.manual_dir), indent=2))
+
+
+def measure(config_module: str, steps: int, manual_dir: str | None = None) -> dict:
+  """Trains the 8 members vectorized, then one by one; returns throughputs and their ratios."""
+  from vae_jax.data import load_dataset
+  from vae_jax.training import train, vectorized
+
+  configs = member_configs(config_module, steps, manual_dir)
   dataset = load_dataset(configs[0].data)
   with tempfile.TemporaryDirectory() as tmp:
     start = time.perf_counter()
@@ -69,10 +74,10 @@ def main() -> None:
   # Sequential members train one at a time: the sweep's throughput is their mean rate.
   vec_total = sum(r["train_examples_per_sec"] for r in vec)
   seq_total = sum(r["train_examples_per_sec"] for r in seq) / len(seq)
-  report = {
-    "config": args.config,
+  return {
+    "config": config_module,
     "members": len(configs),
-    "steps": args.steps,
+    "steps": steps,
     "devices": jax.device_count(),
     "vectorized_sweep_examples_per_sec": round(vec_total, 1),
     "sequential_sweep_examples_per_sec": round(seq_total, 1),
@@ -86,7 +91,6 @@ def main() -> None:
       abs(a["eval_loss"] - b["eval_loss"]) for a, b in zip(vec, seq, strict=True)
     ),
   }
-  print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
