@@ -10,6 +10,9 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # Compute dtype of the training step: float32, or bfloat16 (float32 params, loss and optimizer;
+  # pays on GPU/TPU, see vae_jax/training/precision.py).
+  config.dtype = "float32"
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "mnist"  # dsprites_procedural, dsprites, or a TFDS image dataset.

@@ -16,7 +16,7 @@ from vae_jax.data.spec import DataSpec
 from vae_jax.errors import require, require_choice, require_sizes
 from vae_jax.losses import elbo, kl_schedules, likelihoods
 from vae_jax.models.bodies import ACTIVATIONS, ARCHS, INITS
-from vae_jax.training import optimizer
+from vae_jax.training import optimizer, precision
 
 # Fields that may change when a run is resumed: they change neither the model nor a number.
 RESUMABLE_CHANGES = (
@@ -58,6 +58,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Checks field values and that batches split evenly over `num_devices`."""
   m, d, o, obj = config.model, config.data, config.optimizer, config.objective
   family = models.family(m.name)
+  require_choice(config.get("dtype", "float32"), precision.DTYPES, "dtype")
   require_choice(m.init_scheme, INITS, "model.init_scheme")
   require_choice(m.arch, ARCHS, "model.arch")
   require_choice(m.likelihood, likelihoods.LIKELIHOODS, "model.likelihood")

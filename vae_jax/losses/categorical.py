@@ -14,7 +14,7 @@ import jax.numpy as jnp
 
 def gumbel_noise(keys: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
   """g ~ Gumbel(0, 1) of `shape` for each example, from that example's key: [batch, *shape]."""
-  return jax.vmap(lambda k: jax.random.gumbel(k, shape, dtype))(keys)
+  return jax.vmap(lambda k: jax.random.gumbel(k, shape).astype(dtype))(keys)
 
 
 def relaxed_one_hot(perturbed: jax.Array, temperature) -> jax.Array:

@@ -38,9 +38,10 @@ def gaussian_kl(
 def standard_normal_noise(keys: jax.Array, dim: int, dtype=jnp.float32) -> jax.Array:
   """eps ~ N(0, I) of size `dim` for each example, drawn from that example's key: [batch, dim].
 
-  One key per example makes the noise independent of how the batch is split over devices.
+  One key per example makes the noise independent of how the batch is split over devices; it is
+  drawn in float32 and then cast, so the same keys give the same noise in any compute dtype.
   """
-  return jax.vmap(lambda k: jax.random.normal(k, (dim,), dtype))(keys)
+  return jax.vmap(lambda k: jax.random.normal(k, (dim,)).astype(dtype))(keys)
 
 
 def reparameterize(mu: jax.Array, logvar: jax.Array, keys: jax.Array) -> jax.Array:

@@ -74,7 +74,7 @@ def sample(
   if likelihood not in LIKELIHOODS:
     raise ValueError(f"Unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}.")
   sigma = gaussian_sigma if likelihood == "gaussian" else jnp.exp(log_sigma)
-  noise = jax.vmap(lambda k, mean: jax.random.normal(k, mean.shape, mean.dtype))(keys, out)
+  noise = jax.vmap(lambda k, mean: jax.random.normal(k, mean.shape).astype(mean.dtype))(keys, out)
   return out + sigma * noise
 
 

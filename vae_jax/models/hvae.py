@@ -202,7 +202,7 @@ class HVAE(Model):
     del y
     dims, top = self.latent_dims, len(self.latent_dims) - 1
     up = self._bottom_up(x)
-    eps = jax.vmap(lambda k: jax.random.normal(k, (sum(dims),), x.dtype))(keys)
+    eps = jax.vmap(lambda k: jax.random.normal(k, (sum(dims),)).astype(x.dtype))(keys)
     offsets = [sum(dims[:i]) for i in range(len(dims))]
     zs, kls, log_q, log_p = [None] * len(dims), [None] * len(dims), 0.0, 0.0
     for i in reversed(range(len(dims))):

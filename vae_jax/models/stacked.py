@@ -143,7 +143,7 @@ class StackedVAE(Model):
     """
     del y
     dims = self.latent_dims
-    eps = jax.vmap(lambda k: jax.random.normal(k, (sum(dims),), x.dtype))(keys)
+    eps = jax.vmap(lambda k: jax.random.normal(k, (sum(dims),)).astype(x.dtype))(keys)
     offsets = [sum(dims[:i]) for i in range(len(dims))]
     below, zs, posts = self.encoder(x), [], []
     for i, d in enumerate(dims):

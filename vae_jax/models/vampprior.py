@@ -43,7 +43,7 @@ def mixture_log_density(z: jax.Array, means: jax.Array, logvars: jax.Array) -> j
 
 def _normal_init(mean: float, std: float):
   def init(key, shape, dtype=jnp.float32):
-    return mean + std * jax.random.normal(key, shape, dtype)
+    return mean + std * jax.random.normal(key, shape).astype(dtype)
 
   return init
 

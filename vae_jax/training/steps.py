@@ -23,7 +23,7 @@ from vae_jax.collectives import LOCAL
 from vae_jax.data.preprocess import preprocess
 from vae_jax.losses import elbo
 from vae_jax.models import Model, ModelOutput
-from vae_jax.training import compile_options
+from vae_jax.training import compile_options, precision
 from vae_jax.training import mesh as meshes
 from vae_jax.training.keys import batch_key, index_keys, sample_keys, split_example_keys, step_keys
 from vae_jax.training.mesh import DATA_AXIS, DATA_COLLECTIVES, DispatchWindow, batch_sharded
@@ -46,13 +46,16 @@ def forward_terms(
   model_state: dict | None = None,
   mutable: bool = False,
   step=None,
+  compute_dtype: jnp.dtype | None = None,
 ):
   """Preprocesses a batch, runs the model and returns the per-example objective terms.
 
   With `objective.num_samples` k > 1 the model runs on k posterior samples per example and the
   terms are combined by `elbo.importance_weighted_terms`: averaged over the samples (the k-sample
   ELBO of `estimator='elbo'`) and with the k-sample bound `iwae` (`estimator='iwae'`). A model
-  with `capabilities.takes_step` gets `step` (the training step; None outside training).
+  with `capabilities.takes_step` gets `step` (the training step; None outside training). With a
+  `compute_dtype` other than float32 the model runs in it and its outputs return to float32
+  (`training.precision`).
 
   Returns:
     `(terms, outputs)`, or `((terms, outputs), updated model_state)` when `mutable`.
@@ -63,9 +66,21 @@ def forward_terms(
   collections = [c for c in model.capabilities.mutable if c in model_state] if mutable else False
   m = config.model
   step_arg = {"step": step} if model.capabilities.takes_step else {}
+  low = compute_dtype is not None and jnp.dtype(compute_dtype) != jnp.float32
+  apply_vars, apply_x = (
+    precision.cast_floating((model_vars, x), compute_dtype) if low else (model_vars, x)
+  )
 
   def one_sample(k):
-    return model.apply(model_vars, x, k, y, mutable=collections, **step_arg)
+    result = model.apply(apply_vars, apply_x, k, y, mutable=collections, **step_arg)
+    if not low:
+      return result
+    if not collections:
+      return precision.cast_floating(result, jnp.float32)
+    outputs, new_state = result
+    return precision.cast_floating(outputs, jnp.float32), precision.restore_dtypes(
+      new_state, {c: model_state[c] for c in new_state}
+    )
 
   if config.objective.estimator == "iwae" or config.objective.num_samples > 1:
     ids = jnp.arange(config.objective.num_samples)
@@ -140,7 +155,15 @@ def update(
 
   def loss_fn(params):
     (terms, outputs), model_state = forward_terms(
-      model, params, batch, keys, config, state.model_state, mutable=True, step=state.step
+      model,
+      params,
+      batch,
+      keys,
+      config,
+      state.model_state,
+      mutable=True,
+      step=state.step,
+      compute_dtype=precision.compute_dtype(config),
     )
     loss, metrics = elbo.loss_from_terms(terms, config.objective, state.step, collectives)
     if model.capabilities.batch_loss:

@@ -174,6 +174,13 @@ def train_and_evaluate(
   if initial_step == 0:
     writer.write_hparams(configuration.flatten(config) | {"num_devices": mesh.size})
   logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
+  if config.get("dtype", "float32") != "float32" and jax.default_backend() == "cpu":
+    logging.warning(
+      "dtype=%s on CPU: usually slower than float32, and XLA:CPU sums bias gradients in %s "
+      "(see vae_jax/training/precision.py).",
+      config.dtype,
+      config.dtype,
+    )
   with preemption.StopSignals(stop_signals) as stop:
     eval_metrics, train_time = loop.run_loop(
       program, initial_step, total_steps, loop.intervals(config, spe), stop
