@@ -108,3 +108,197 @@ def test_precision_recall_do_not_depend_on_the_chunk_size():
   whole = sample_quality.precision_recall(real, generated, k=3, chunk=1000)
   assert sample_quality.precision_recall(real, generated, k=3, chunk=7) == whole
   assert 0 < whole["precision"] < 1 and 0 < whole["recall"] < 1
+
+
+def _mesh(n):
+  return meshes.make_mesh(jax.devices()[:n])
+
+
+def _initial_run(workdir: str, config, dataset) -> str:
+  """A run directory whose step-0 checkpoint is the model's initial state (no training)."""
+  model = build_model(config.model, dataset.spec)
+  tx, _ = optim.make_optimizer(config.optimizer, 1)
+  runs.save_config(config, workdir)
+  ckpt = Checkpointer(workdir, 1)
+  state = jax.jit(lambda r: state_lib.init_state(model, tx, r, dataset.spec))(jax.random.key(0))
+  ckpt.save(0, state)
+  ckpt.close()
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def tiny_features(tmp_path_factory):
+  """A feature network trained for one epoch on the synthetic 28x28 digits, saved as 'mnist'."""
+  workdir = str(tmp_path_factory.mktemp("feats"))
+  data = synthetic_dataset(n_train=512)
+  net = store.make_net((10,), data.image_shape)
+  params = network.train(net, data.train_images, data.train_labels[:, None], 2, jax.random.key(5))
+  accuracy = network.accuracies(net, params, data.test_images, data.test_labels[:, None])
+  info = {
+    "dataset": "mnist",
+    "image_shape": list(data.image_shape),
+    "heads": [10],
+    "head_names": ["label"],
+    "conv_features": list(net.conv_features),
+    "feature_dim": net.dense,
+    "test_accuracy": float(accuracy.mean()),
+    "test_accuracy_per_head": {"label": float(accuracy[0])},
+    "settings": {"seed": 5},
+  }
+  store.save(workdir, params, info)
+  return workdir, net, params, data
+
+
+def test_a_saved_feature_network_restores_to_the_same_features(tiny_features):
+  workdir, net, params, data = tiny_features
+  loaded = features.load(workdir)
+  assert loaded.net == net and loaded.test_accuracy > 0.5  # Chance is 0.1.
+  x = data.test_images[:37] / np.float32(255.0)
+  np.testing.assert_array_equal(loaded.features(x), network.features(net, params, x))
+  assert loaded.features(x).shape == (37, 128)
+
+
+def test_feature_network_checks_name_what_is_wrong(tiny_features, tmp_path):
+  workdir = tiny_features[0]
+  assert features.check(workdir, "mnist", (28, 28, 1))["dataset"] == "mnist"
+  with pytest.raises(ConfigError, match="need --features_workdir; train one with"):
+    features.check(None, "mnist", (28, 28, 1))
+  with pytest.raises(ConfigError, match="holds no feature network.*feature_net.json is missing"):
+    features.check(str(tmp_path / "none"), "mnist", (28, 28, 1))
+  with pytest.raises(ConfigError, match="trained on 'mnist'.*not on this run's data.name='fashion"):
+    features.check(workdir, "fashion_mnist", (28, 28, 1))
+  with pytest.raises(ConfigError, match="trained on 'mnist' \\(28x28x1 images\\)"):
+    features.check(workdir, "mnist", (64, 64, 1))
+
+
+def test_dsprites_feature_targets_are_the_factors():
+  options = store.TrainOptions("dsprites_procedural", "unused", num_train=64, seed=3)
+  arrays = store.training_arrays(options)
+  images, factors = arrays["train"]
+  assert arrays["heads"] == (3, 6, 40, 32, 32) and images.shape == (64, 64, 64, 1)
+  assert arrays["head_names"] == ("shape", "scale", "orientation", "posX", "posY")
+  data = load_dataset(tiny_config(**{"data.name": "dsprites_procedural"}).data).data
+  np.testing.assert_array_equal(images, data.render(factors))  # Each image shows its factors.
+  again = store.training_arrays(options)["train"][1]
+  np.testing.assert_array_equal(factors, again)  # Drawn from (seed, FEATURE_STREAM).
+  assert store.make_net(arrays["heads"], images.shape[1:]).conv_features == store.LARGE_CONV
+
+
+@pytest.fixture(scope="module")
+def mnist_like_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  dataset = synthetic_dataset()
+  return _initial_run(workdir, tiny_config(), dataset), dataset
+
+
+def test_groups_score_model_samples_against_test_images(mnist_like_run, tiny_features, monkeypatch):
+  workdir, dataset = mnist_like_run
+  feats = tiny_features[0]
+  run = runs.open_run(workdir, mesh=_mesh(2), dataset=dataset)
+  options = eval_suite.EvalOptions(features_workdir=feats, sample_quality_n=60)
+  out = eval_suite.evaluate_run(run, ["fid", "precision_recall"], options, mesh=_mesh(2))
+  fid, pr = out["fid"], out["precision_recall"]
+  # Recomputed from the documented pieces: samples keyed from the seed, the first 60 test images.
+  inference = Inference(run.model, run.model_vars, run.config, _mesh(2))
+  samples = sample_quality.model_samples(inference, run.config.seed, 60)
+  net = features.load(feats)
+  real, generated = net.features(dataset.test_images[:60] / 255.0), net.features(samples)
+  assert fid["fid"] == pytest.approx(sample_quality.fid(real, generated), rel=1e-6)
+  assert pr["precision"] == sample_quality.precision_recall(real, generated, 3)["precision"]
+  assert fid["num_samples"] == fid["num_examples"] == 60 and pr["k"] == 3
+  assert fid["feature_net_test_accuracy"] == net.test_accuracy == pr["feature_net_test_accuracy"]
+  assert fid["feature_net_dataset"] == "mnist" and fid["features_workdir"] == feats
+  with open(os.path.join(workdir, "eval", "fid.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(fid))
+  tags = helpers.event_tags(os.path.join(workdir, "eval"))
+  assert {"fid/fid", "precision_recall/precision", "precision_recall/recall"} <= tags
+  assert "fid/feature_net_test_accuracy" not in tags
+  # Whole chunks do not depend on how many samples are drawn (chunk c is keyed fold_in(key, c)).
+  monkeypatch.setattr(sample_quality, "SAMPLE_CHUNK", 16)
+  more, fewer = (sample_quality.model_samples(inference, 0, n) for n in (40, 16))
+  np.testing.assert_array_equal(more[:16], fewer)
+  assert not np.array_equal(more[16:32], fewer)
+
+
+def test_sample_quality_is_on_request_and_checked(mnist_like_run, tiny_features):
+  workdir, dataset = mnist_like_run
+  config = tiny_config()
+  assert not set(eval_suite.select_metrics(None, config, dataset)) & {"fid", "precision_recall"}
+  with pytest.raises(ConfigError, match="'fid' does not apply.*has no prior to sample"):
+    eval_suite.select_metrics(["fid"], tiny_config(**{"model.name": "ae"}), dataset)
+  check = eval_suite.check_requests
+  with pytest.raises(ConfigError, match="need --features_workdir"):
+    check(["fid"], eval_suite.EvalOptions(), config, dataset)
+  options = eval_suite.EvalOptions(features_workdir=tiny_features[0], sample_quality_n=101)
+  with pytest.raises(ConfigError, match="sample_quality_n=101 exceeds the 100 test images"):
+    check(["precision_recall"], options, config, dataset)
+  options = eval_suite.EvalOptions(features_workdir=tiny_features[0], sample_quality_n=3)
+  with pytest.raises(ConfigError, match="sample_quality_n=3 must exceed precision_recall_k=3"):
+    check(["precision_recall"], options, config, dataset)
+  check(["elbo"], eval_suite.EvalOptions(), config, dataset)  # Nothing to check.
+
+
+def _cli(module, *args):
+  env = dict(os.environ, JAX_NUM_CPU_DEVICES="2", TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+
+
+def _errors(proc):
+  return [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_cli_trains_a_dsprites_feature_net_and_evaluates_a_run(tmp_path):
+  feats, workdir = str(tmp_path / "feats"), str(tmp_path / "run")
+  config = tiny_config(**{"data.name": "dsprites_procedural", "data.num_eval_examples": 40})
+  _initial_run(workdir, config, load_dataset(config.data))
+  train = ("train", "--dataset=dsprites_procedural", f"--workdir={feats}", "--num_train=256")
+  proc = _cli("vae_jax.evaluation.features", *train, "--epochs=1")
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  with open(os.path.join(feats, "feature_net.json")) as f:
+    info = json.load(f)
+  assert set(info["test_accuracy_per_head"]) == {"shape", "scale", "orientation", "posX", "posY"}
+  assert f"test accuracy {info['test_accuracy']:.4f}" in proc.stdout
+  again = _cli("vae_jax.evaluation.features", *train, "--epochs=2")
+  assert _errors(again) and "trained with" in _errors(again)[0]
+
+  proc = _cli(
+    "vae_jax.evaluate",
+    f"--workdir={workdir}",
+    "--metrics=fid,precision_recall",
+    f"--features_workdir={feats}",
+    "--sample_quality_n=30",
+    "--precision_recall_k=2",
+  )
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "fid" in proc.stdout and "feature_net_test_accuracy" in proc.stdout
+  with open(os.path.join(workdir, "eval", "results.json")) as f:
+    results = json.load(f)
+  assert results["precision_recall"]["k"] == 2 and results["fid"]["num_samples"] == 30
+  assert results["fid"]["feature_net_test_accuracy"] == info["test_accuracy"]
+  assert 0 <= results["precision_recall"]["recall"] <= 1
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_missing_or_foreign_feature_net_with_one_line(tmp_path, tiny_features):
+  workdir = str(tmp_path / "run")
+  config = tiny_config(**{"data.name": "dsprites_procedural", "data.num_eval_examples": 40})
+  _initial_run(workdir, config, load_dataset(config.data))
+  proc = _cli("vae_jax.evaluate", f"--workdir={workdir}", "--metrics=fid")
+  assert proc.returncode != 0 and len(_errors(proc)) == 1
+  assert "need --features_workdir" in _errors(proc)[0]
+  foreign = str(tmp_path / "mnist_feats")
+  shutil.copytree(tiny_features[0], foreign)
+  proc = _cli(
+    "vae_jax.evaluate", f"--workdir={workdir}", "--metrics=fid", f"--features_workdir={foreign}"
+  )
+  assert proc.returncode != 0 and len(_errors(proc)) == 1
+  assert "was trained on 'mnist'" in _errors(proc)[0] and "Traceback" not in proc.stderr
+  assert not os.path.exists(os.path.join(workdir, "eval"))

@@ -28,7 +28,9 @@ from vae_jax.evaluation.inference import Inference
 from vae_jax.training.keys import run_keys
 
 GROUPS = ("fid", "precision_recall")
-SAMPLE_CHUNK = 500  # Samples per `generate` call; chunk c is keyed fold_in(key, c).
+# Samples per `generate` call; chunk c is keyed fold_in(key, c), so N and N' share their first
+# min(N, N') // SAMPLE_CHUNK chunks.
+SAMPLE_CHUNK = 500
 DISTANCE_CHUNK = 1000  # Query rows per pairwise-distance call.
 _SAMPLE_TAG = zlib.crc32(b"sample_quality")
 

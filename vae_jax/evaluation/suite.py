@@ -295,7 +295,7 @@ def _group_computations(
         batch_size=options.iw_batch_size,
         elbo=elbo_means(),
       )
-    if group in ON_REQUEST:
+    if group in ("ais", "bdmc"):
       return _annealed(group, run, inference, images, labels, options)
     if group in SAMPLE_QUALITY:
       k = options.precision_recall_k
