@@ -269,13 +269,9 @@ def _group_computations(
 
   def feature_sets():
     if "features" not in cache:
+      n_samples, y = options.sample_quality_n or n, inference.labels(labels)
       cache["features"] = sample_quality.feature_sets(
-        inference,
-        images,
-        labels if inference.model.capabilities.conditional else None,
-        run.config.seed,
-        options.sample_quality_n or n,
-        options.features_workdir,
+        inference, images, y, run.config.seed, n_samples, options.features_workdir
       )
     return cache["features"]
 
