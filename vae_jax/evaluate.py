@@ -5,9 +5,11 @@ Metrics (comma-separated; default every one that applies to the run, except `ais
 sampling NLL: --ais_chains chains per example, --ais_steps intermediate distributions,
 --ais_leapfrog leapfrog steps per HMC move), `bdmc` (forward and reverse AIS bounds on
 --bdmc_examples examples simulated from the model), `diagnostics` (active units, KL per
-dimension), and on ground-truth datasets `disentanglement` or any of beta_vae, factor_vae, mig, dci,
-sap. Results go to <workdir>/eval/<metric>.json, are merged into <workdir>/eval/results.json and
-logged to TensorBoard in <workdir>/eval at the checkpoint's step; see `vae_jax.evaluation.suite`.
+dimension), on ground-truth datasets `disentanglement` or any of beta_vae, factor_vae, mig, dci,
+sap, and on request `fid` and `precision_recall` (--sample_quality_n model samples against as many
+test images, in the space of the feature network in --features_workdir). Results go to
+<workdir>/eval/<metric>.json, are merged into <workdir>/eval/results.json and logged to
+TensorBoard in <workdir>/eval at the checkpoint's step; see `vae_jax.evaluation.suite`.
 """
 
 import os
@@ -32,6 +34,13 @@ flags.DEFINE_integer("ais_leapfrog", 10, "Leapfrog steps per AIS HMC transition 
 flags.DEFINE_enum("ais_schedule", "sigmoid", ais.SCHEDULES, "AIS betas (ais, bdmc).")
 flags.DEFINE_integer("ais_batch_size", 100, "Examples per AIS batch (ais, bdmc).")
 flags.DEFINE_integer("bdmc_examples", 100, "Examples simulated from the model for bdmc.")
+flags.DEFINE_string(
+  "features_workdir", None, "fid, precision_recall: the feature network trained on the run's data."
+)
+flags.DEFINE_integer(
+  "sample_quality_n", None, "fid, precision_recall: samples and test images (default all test)."
+)
+flags.DEFINE_integer("precision_recall_k", 3, "precision_recall: k of the k-NN balls.")
 flags.DEFINE_integer("batch_size", None, "Examples per batch for elbo, diagnostics.")
 flags.DEFINE_integer("num_examples", None, "Use the first N test examples (default all).")
 flags.DEFINE_integer("disentanglement_seed", 0, "Seed of the disentanglement metrics.")
@@ -70,11 +79,15 @@ def _evaluate() -> dict:
       batch_size=FLAGS.ais_batch_size,
     ),
     bdmc_examples=FLAGS.bdmc_examples,
+    features_workdir=FLAGS.features_workdir,
+    sample_quality_n=FLAGS.sample_quality_n,
+    precision_recall_k=FLAGS.precision_recall_k,
   )
   mesh = meshes.make_mesh()
   options.validate(mesh.size, run.config)
   runs.check_workdir(os.path.join(FLAGS.workdir, suite.EVAL_DIR))
   metrics = suite.select_metrics(FLAGS.metrics, run.config, run.dataset)
+  suite.check_requests(metrics, options, run.config, run.dataset)
   run = runs.restore_run(run, mesh)
   return suite.evaluate_run(run, metrics, options, FLAGS.checkpoint, mesh)
 

@@ -12,7 +12,8 @@ see `likelihood`), `ais` (annealed importance sampling NLL) and `bdmc` (its forw
 bounds on data simulated from the model, see `ais` and `bdmc`), `diagnostics` (active units, KL per
 dimension, posterior variance) and the disentanglement metrics of
 `disentanglement.DISENTANGLEMENT_METRICS` (`disentanglement` names them all), which need a
-ground-truth dataset. `ais` and `bdmc` take minutes to hours, so only a request computes them.
+ground-truth dataset, and `fid` and `precision_recall` (see `sample_quality`). `ais` and `bdmc`
+take minutes to hours and those two need a feature network: only a request computes them.
 """
 
 import dataclasses
@@ -28,15 +29,23 @@ import numpy as np
 from vae_jax import runs
 from vae_jax.data import Dataset, GroundTruthDataset
 from vae_jax.errors import ConfigError
-from vae_jax.evaluation import ais, bdmc, diagnostics, disentanglement, likelihood
+from vae_jax.evaluation import (
+  ais,
+  bdmc,
+  diagnostics,
+  disentanglement,
+  likelihood,
+  sample_quality,
+)
 from vae_jax.evaluation.inference import Inference
 from vae_jax.models import family
 from vae_jax.training import mesh as meshes
 
 EVAL_DIR = "eval"
 DISENTANGLEMENT = tuple(disentanglement.DISENTANGLEMENT_METRICS)
-GROUPS = ("elbo", "iw_nll", "ais", "bdmc", "diagnostics", *DISENTANGLEMENT)
-ON_REQUEST = ("ais", "bdmc")  # Left out when no metrics are named.
+SAMPLE_QUALITY = sample_quality.GROUPS
+GROUPS = ("elbo", "iw_nll", "ais", "bdmc", "diagnostics", *DISENTANGLEMENT, *SAMPLE_QUALITY)
+ON_REQUEST = ("ais", "bdmc", *SAMPLE_QUALITY)  # Left out when no metrics are named.
 ALIASES = {"disentanglement": DISENTANGLEMENT}
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015.
 # Arguments of the disentanglement metrics that count samples (scaled by `disentanglement_scale`).
@@ -46,6 +55,7 @@ ENCODE_BATCH_ONLY = ("mig", "dci", "sap")
 REPRESENTATION_BATCH = 256
 _SETTINGS = frozenset(
   {"step", "num_examples", "iw_samples", "iw_chunk", "latent_dim", "seed", "scale", "seconds"}
+  | {"num_samples", "k", "feature_dim", "feature_net_test_accuracy"}
   | set(ais.Settings().record())
 )
 
@@ -68,6 +78,11 @@ class EvalOptions:
     ais_settings: chains, schedule, leapfrog steps and batch size of `ais` and `bdmc`.
     bdmc_examples: examples `bdmc` simulates from the model (a conditional model's take the test
       labels in order, repeated when there are fewer).
+    features_workdir: the feature network of `fid` and `precision_recall` (trained on the run's
+      dataset by `python -m vae_jax.evaluation.features train`).
+    sample_quality_n: model samples and test images those groups compare; None: every test image
+      evaluated (see `num_examples`).
+    precision_recall_k: the k of the k-nearest-neighbour balls of `precision_recall`.
   """
 
   iw_samples: int = 1000
@@ -79,6 +94,9 @@ class EvalOptions:
   disentanglement_scale: float = 1.0
   ais_settings: ais.Settings = dataclasses.field(default_factory=ais.Settings)
   bdmc_examples: int = 100
+  features_workdir: str | None = None
+  sample_quality_n: int | None = None
+  precision_recall_k: int = 3
 
   def validate(self, num_devices: int, config: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for a value that cannot work on `num_devices` devices."""
@@ -91,6 +109,10 @@ class EvalOptions:
       raise ConfigError(f"disentanglement_scale={self.disentanglement_scale} must be > 0.")
     if self.bdmc_examples < 1:
       raise ConfigError(f"bdmc_examples={self.bdmc_examples} must be >= 1.")
+    if self.precision_recall_k < 1:
+      raise ConfigError(f"precision_recall_k={self.precision_recall_k} must be >= 1.")
+    if self.sample_quality_n is not None and self.sample_quality_n < 2:
+      raise ConfigError(f"sample_quality_n={self.sample_quality_n} must be >= 2.")
     self.ais_settings.validate(num_devices)
     for name, size in (
       ("iw_batch_size", self.iw_batch_size),
@@ -122,7 +144,9 @@ def select_metrics(
     else f"it needs a model with log q(z|x) and log p(z), not model.name={name!r}",
     "diagnostics": None,
   }
-  for group in ON_REQUEST:
+  for group in SAMPLE_QUALITY:
+    reasons[group] = None if caps.prior else f"model.name={name!r} has no prior to sample"
+  for group in ("ais", "bdmc"):
     reasons[group] = (
       None
       if caps.joint_density
@@ -147,6 +171,26 @@ def select_metrics(
       if group not in selected:
         selected.append(group)
   return selected
+
+
+def check_requests(
+  groups: Sequence[str], options: EvalOptions, config: ml_collections.ConfigDict, dataset: Dataset
+) -> None:
+  """Checks what the groups need beyond the run (see `sample_quality.check`): ConfigError if not."""
+  if set(groups) & set(SAMPLE_QUALITY):
+    sample_quality.check(
+      options.features_workdir,
+      config.data.name,
+      dataset.image_shape,
+      options.sample_quality_n,
+      _num_test(options, dataset),
+      options.precision_recall_k,
+    )
+
+
+def _num_test(options: EvalOptions, dataset: Dataset) -> int:
+  n = len(dataset.test_images)
+  return min(n, options.num_examples or n)
 
 
 def evaluate_run(
@@ -176,6 +220,7 @@ def evaluate_run(
   mesh = mesh or meshes.make_mesh()
   groups = select_metrics(metric_names, run.config, run.dataset)
   options.validate(mesh.size, run.config)
+  check_requests(groups, options, run.config, run.dataset)
   inference = Inference(run.model, run.model_vars, run.config, mesh)
   out_dir = os.path.join(run.workdir, EVAL_DIR)
   os.makedirs(out_dir, exist_ok=True)
@@ -202,8 +247,7 @@ def _group_computations(
   run: runs.Run, inference: Inference, options: EvalOptions
 ) -> Callable[[str], dict]:
   """`compute(group) -> values` on the run's test split; the ELBO is computed once and shared."""
-  n = len(run.dataset.test_images)
-  n = min(n, options.num_examples or n)
+  n = _num_test(options, run.dataset)
   images = run.dataset.test_images[:n]
   labels = None if run.dataset.test_labels is None else run.dataset.test_labels[:n]
   rng = likelihood.evaluation_key(run.config.seed)
@@ -223,6 +267,14 @@ def _group_computations(
       )
     return cache["elbo"]
 
+  def feature_sets():
+    if "features" not in cache:
+      n_samples, y = options.sample_quality_n or n, inference.labels(labels)
+      cache["features"] = sample_quality.feature_sets(
+        inference, images, y, run.config.seed, n_samples, options.features_workdir
+      )
+    return cache["features"]
+
   def compute(group: str) -> dict:
     if group == "elbo":
       return _elbo(elbo_means(), images)
@@ -239,8 +291,11 @@ def _group_computations(
         batch_size=options.iw_batch_size,
         elbo=elbo_means(),
       )
-    if group in ON_REQUEST:
+    if group in ("ais", "bdmc"):
       return _annealed(group, run, inference, images, labels, options)
+    if group in SAMPLE_QUALITY:
+      k = options.precision_recall_k
+      return sample_quality.scores(group, feature_sets(), k, options.features_workdir)
     if group == "diagnostics":
       return _diagnostics(inference.encode_evaluated(images, labels, rng), len(images))
     return _disentanglement(run.dataset.data, representation_fn(inference), group, options)
