@@ -24,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.binarize_threshold = 0.5
   config.data.num_eval_examples = 10_000  # Test split size of ground-truth datasets.
   config.data.exclude_labels = ()  # Labels removed from the TRAINING split (anomaly tools).
+  # TFDS images: a centred square crop of this side (0: none), then a resize to this side (0:
+  # none), done by tf.data before the images are held in memory (CelebA: 148 then 64).
+  config.data.center_crop = 0
+  config.data.resize = 0
   # Keep the training data on the device and assemble each batch there (when it fits and the
   # dataset supports it); same batches as the host pipeline.
   config.data.on_device = True
@@ -32,15 +36,18 @@ def get_config() -> ml_collections.ConfigDict:
   # A family (vae_jax.models.MODELS); its own fields go in config.model.<name>, with their defaults
   # from models.select_model(config, name).
   config.model.name = "vae"
-  config.model.arch = "mlp"  # mlp | conv
+  config.model.arch = "mlp"  # mlp | conv | resnet
   config.model.latent_dim = 20
   config.model.hidden_sizes = (400,)  # MLP bodies (the decoder mirrors them).
-  config.model.conv_features = (32, 64)  # Conv bodies, each stride 2.
+  config.model.conv_features = (32, 64)  # Conv and resnet bodies: a stride-2 stage each.
   config.model.conv_kernel_size = 3
   config.model.dense_sizes = (256,)  # Dense layers between conv stack and latent.
+  config.model.res_blocks = 2  # resnet: pre-activation residual blocks per stage.
   config.model.activation = "relu"  # relu | tanh: the MLP bodies' nonlinearity.
-  config.model.likelihood = "bernoulli"  # bernoulli | gaussian | gaussian_learned
+  # bernoulli | gaussian | gaussian_learned | logistic_mixture (discretized, 8-bit data)
+  config.model.likelihood = "bernoulli"
   config.model.gaussian_sigma = 1.0  # Observation std for likelihood='gaussian'.
+  config.model.num_mixtures = 10  # Logistic components per pixel for 'logistic_mixture'.
   config.model.init_scheme = (
     "flax"  # flax (LeCun normal) | pytorch (U(+-1/sqrt(fan_in)), as nn.Linear)
   )

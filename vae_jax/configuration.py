@@ -67,6 +67,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for field in ("hidden_sizes", "conv_features", "dense_sizes"):
     require_sizes(m[field], f"model.{field}", allow_empty=field == "dense_sizes")
   require(m.gaussian_sigma > 0, f"model.gaussian_sigma={m.gaussian_sigma} must be > 0.")
+  _validate_natural_images(config)
   _validate_objective(obj, family)
   family.validate(config)
   require_choice(d.binarize, BINARIZE, "data.binarize")
@@ -92,6 +93,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
     f"data.batch_size={d.batch_size} must be a positive multiple of the {num_devices} devices.",
   )
   require(d.eval_batch_size >= 1, f"data.eval_batch_size={d.eval_batch_size} must be >= 1.")
+
+
+def _validate_natural_images(config: ml_collections.ConfigDict) -> None:
+  """The discretized likelihood, the resnet bodies and the TFDS crop/resize fields."""
+  m, d = config.model, config.data
+  require(
+    m.get("num_mixtures", 1) >= 1, f"model.num_mixtures={m.get('num_mixtures')} must be >= 1."
+  )
+  require(m.get("res_blocks", 0) >= 0, f"model.res_blocks={m.get('res_blocks')} must be >= 0.")
+  require(
+    m.likelihood != "logistic_mixture" or d.binarize == "none",
+    f"model.likelihood='logistic_mixture' is a pmf over 8-bit pixel values; use "
+    f"data.binarize='none' (not {d.binarize!r}).",
+  )
+  for field in ("center_crop", "resize"):
+    require(d.get(field, 0) >= 0, f"data.{field}={d.get(field)} must be >= 0 (0: off).")
 
 
 def _validate_objective(obj: ml_collections.ConfigDict, family: type[models.Model]) -> None:
@@ -143,7 +160,7 @@ def validate_for_data(config: ml_collections.ConfigDict, data: DataSpec, data_na
       f"data.exclude_labels={exclude} must be labels in [0, {k}).",
     )
     require(len(set(exclude)) < k, "data.exclude_labels cannot remove every class.")
-  if m.arch == "conv":
+  if m.arch in ("conv", "resnet"):
     scale = 2 ** len(m.conv_features)
     h, w = data.image_shape[:2]
     require(

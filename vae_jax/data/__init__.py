@@ -1,7 +1,8 @@
 """Datasets by name: `load_dataset(config.data)`.
 
 `dsprites_procedural` is rendered here (works anywhere); `dsprites` is DeepMind's original through
-TFDS; any other name is a TFDS image dataset with train/test splits (mnist, fashion_mnist, ...).
+TFDS; any other name is a TFDS image dataset with train/test splits (mnist, fashion_mnist, cifar10,
+celeb_a, ...), optionally centre-cropped and resized (`data.center_crop`, `data.resize`).
 """
 
 import ml_collections
@@ -36,8 +37,10 @@ def load_dataset(config: ml_collections.ConfigDict) -> Dataset:
     data = TFDSDSprites(config.data_dir, config.manual_dir)
     return GroundTruthDataset(data, num_test=config.num_eval_examples)
   builder = tfds_images.prepare(config.name, config.data_dir, config.manual_dir)
-  train_images, train_labels = tfds_images.load_split(builder, "train")
-  test_images, test_labels = tfds_images.load_split(builder, "test")
+  crop, size = config.get("center_crop", 0), config.get("resize", 0)
+  tfds_images.check_crop(config.name, tfds_images.image_shape(builder), crop)
+  train_images, train_labels = tfds_images.load_split(builder, "train", crop, size)
+  test_images, test_labels = tfds_images.load_split(builder, "test", crop, size)
   dataset = ArrayDataset(
     train_images, train_labels, test_images, test_labels, tfds_images.num_classes(builder)
   )

@@ -20,6 +20,14 @@ MANUAL_FILES = {
   "mnist": _IDX_FILES,
   "fashion_mnist": _IDX_FILES,
   "dsprites": ("dsprites_ndarray_co1sh3sc6or40x32y32_64x64.hdf5",),
+  "cifar10": ("cifar-10-binary.tar.gz",),
+  "celeb_a": (
+    "img_align_celeba.zip",
+    "list_eval_partition.txt",
+    "list_attr_celeba.txt",
+    "list_landmarks_align_celeba.txt",
+    "identity_CelebA.txt",
+  ),
 }
 
 
@@ -92,11 +100,55 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
   return builder
 
 
-def load_split(builder, split: str) -> tuple[np.ndarray, np.ndarray | None]:
-  """Decodes a whole split to (uint8 images [N, H, W, C], int32 labels [N] or None)."""
+def image_shape(builder) -> tuple[int | None, ...]:
+  """The dataset's stored (H, W, C) (None where the images vary)."""
+  return tuple(builder.info.features["image"].shape)
+
+
+def check_crop(name: str, shape, center_crop: int) -> None:
+  """Raises `ConfigError` when a centre crop of `center_crop` does not fit `name`'s images."""
+  from vae_jax.errors import ConfigError
+
+  h, w = shape[:2]
+  if center_crop and h is not None and w is not None and center_crop > min(h, w):
+    raise ConfigError(
+      f"data.center_crop={center_crop} exceeds the {h}x{w} images of '{name}'; use <= {min(h, w)}."
+    )
+
+
+def _image_and_label(center_crop: int, resize: int):
+  """A tf.data map: centred square crop, antialiased bilinear resize; keeps image and label."""
+  import tensorflow as tf
+
+  def fn(example):
+    image = example["image"]
+    if center_crop:
+      top = (tf.shape(image)[0] - center_crop) // 2
+      left = (tf.shape(image)[1] - center_crop) // 2
+      image = image[top : top + center_crop, left : left + center_crop]
+    if resize:
+      image = tf.image.resize(image, (resize, resize), method="bilinear", antialias=True)
+      image = tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    out = {"image": image}
+    if "label" in example:
+      out["label"] = example["label"]
+    return out
+
+  return fn
+
+
+def load_split(
+  builder, split: str, center_crop: int = 0, resize: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+  """Decodes a whole split to (uint8 images [N, H, W, C], int32 labels [N] or None).
+
+  `center_crop` (a centred square of that side) and `resize` (to that side) run in tf.data, so
+  only the final images are held in memory (CelebA's 218x178 originals would take 19 GB).
+  """
   import tensorflow_datasets as tfds
 
-  chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(8192)))
+  ds = builder.as_dataset(split=split).map(_image_and_label(center_crop, resize))
+  chunks = list(tfds.as_numpy(ds.batch(8192)))
   data = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
   images = np.asarray(data["image"], np.uint8)
   if images.ndim == 3:

@@ -138,7 +138,13 @@ def elbo_means(
 
 
 def bits_per_dim(nats: float, image_shape) -> float:
-  """Nats per example to bits per pixel channel."""
+  """Nats per example to bits per pixel channel: nats / (D ln 2), D = prod(image_shape).
+
+  For 8-bit data under a discretized likelihood (`logistic_mixture`: a pmf over the 256 values,
+  the [0, 255] -> discrete convention) the NLL already is a code length, so no -log(1/256) or
+  log 256 offset is added (that offset turns a density on [0, 1] into bits of 8-bit data). For a
+  Bernoulli or Gaussian density the figure is that of the density, not of 8-bit data.
+  """
   return float(nats / (math.prod(image_shape) * math.log(2.0)))
 
 

@@ -1,7 +1,9 @@
 """Reconstruction log-likelihoods log p(x|z) from a decoder's output, summed over pixels.
 
 `likelihood` names the observation model: `bernoulli` (decoder output = logits), `gaussian` (output
-= mean, fixed sigma) or `gaussian_learned` (output = mean, a learned global log-sigma).
+= mean, fixed sigma), `gaussian_learned` (output = mean, a learned global log-sigma) or
+`logistic_mixture` (output = [batch, H, W, K, P] parameters of a discretized mixture of K logistics
+per pixel over the 256 values of 8-bit data, `logistic_mixture.py`).
 """
 
 import math
@@ -9,7 +11,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned")
+from vae_jax.losses import logistic_mixture
+
+LIKELIHOODS = ("bernoulli", "gaussian", "gaussian_learned", "logistic_mixture")
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -42,7 +46,7 @@ def log_likelihood(
 
   Args:
     x: the (preprocessed) images.
-    out: the decoder output: logits (bernoulli) or means (gaussian).
+    out: the decoder output: logits (bernoulli), means (gaussian) or mixture parameters.
     likelihood: one of `LIKELIHOODS`.
     gaussian_sigma: the fixed observation std of `gaussian`.
     log_sigma: the model's learned log-std, for `gaussian_learned`.
@@ -53,6 +57,8 @@ def log_likelihood(
     return gaussian_log_likelihood(x, out, jnp.log(gaussian_sigma))
   if likelihood == "gaussian_learned":
     return gaussian_log_likelihood(x, out, log_sigma)
+  if likelihood == "logistic_mixture":
+    return logistic_mixture.log_likelihood(x, out)
   raise ValueError(f"Unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}.")
 
 
@@ -66,11 +72,13 @@ def sample(
   """Draws x ~ p(x|z) for the decoder output `out`, one key per example: [batch, ...].
 
   Bernoulli draws are binary images; Gaussian draws are the mean plus noise of the observation
-  std (unclipped). Arguments as in `log_likelihood`.
+  std (unclipped); logistic-mixture draws are 8-bit images k/255. Arguments as in `log_likelihood`.
   """
   if likelihood == "bernoulli":
     draw = jax.vmap(lambda k, logits: jax.random.bernoulli(k, jax.nn.sigmoid(logits)))
     return draw(keys, out).astype(out.dtype)
+  if likelihood == "logistic_mixture":
+    return jax.vmap(logistic_mixture.sample)(keys, out)
   if likelihood not in LIKELIHOODS:
     raise ValueError(f"Unknown likelihood {likelihood!r}; choose one of {LIKELIHOODS}.")
   sigma = gaussian_sigma if likelihood == "gaussian" else jnp.exp(log_sigma)
@@ -80,4 +88,13 @@ def sample(
 
 def decoder_mean(out: jax.Array, likelihood: str) -> jax.Array:
   """The mean of p(x|z) given the decoder output: what an image of the reconstruction shows."""
+  if likelihood == "logistic_mixture":
+    return logistic_mixture.mean(out)
   return jax.nn.sigmoid(out) if likelihood == "bernoulli" else out
+
+
+def decoder_shape(image_shape, likelihood: str, num_mixtures: int = 1) -> tuple[int, ...]:
+  """The shape of one example's decoder output: the image's, or (H, W, K, P) for the mixture."""
+  if likelihood == "logistic_mixture":
+    return logistic_mixture.output_shape(image_shape, num_mixtures)
+  return tuple(image_shape)

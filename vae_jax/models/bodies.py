@@ -1,8 +1,10 @@
 """Encoder and decoder bodies shared by every model family.
 
 An encoder body maps images (and an optional conditioning vector) to features; a decoder body maps a
-latent vector (and the optional conditioning vector) to per-pixel outputs of the image's shape. The
-heads that turn features into distribution parameters live in the model files.
+latent vector (and the optional conditioning vector) to per-pixel outputs of `output_shape`: the
+image's shape, or (H, W, K, P) when the likelihood has several numbers per pixel
+(`likelihoods.decoder_shape`). The heads that turn features into distribution parameters live in
+the model files.
 
 Every layer takes `init_scheme`: 'flax' (LeCun-normal kernels, zero biases) or 'pytorch' (kernels
 and biases uniform in +-1/sqrt(fan_in), PyTorch's default), to reproduce PyTorch baselines.
@@ -16,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vae_jax.losses import likelihoods
 from vae_jax.models.upconv import UpConv
 
 INITS = ("flax", "pytorch")
-ARCHS = ("mlp", "conv")
+ARCHS = ("mlp", "conv", "resnet")
 ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh}
 
 
@@ -134,7 +137,7 @@ class ConvDecoder(nn.Module):
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns per-pixel outputs [batch, *output_shape]."""
-    height, width, channels = self.output_shape
+    height, width = self.output_shape[:2]
     scale = 2 ** len(self.features)
     start = (height // scale, width // scale, self.features[-1])
     h = _join(z, cond)
@@ -143,7 +146,13 @@ class ConvDecoder(nn.Module):
     h = nn.relu(dense(math.prod(start), h, self.init_scheme)(h)).reshape((z.shape[0], *start))
     for f in reversed(self.features[:-1]):
       h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
-    return _up(channels, self.kernel_size, h, self.init_scheme)(h)
+    return _to_output(_up, h, self.kernel_size, self.output_shape, self.init_scheme)
+
+
+def _to_output(layer, h: jnp.ndarray, kernel_size: int, output_shape, init: str) -> jnp.ndarray:
+  """The last layer (`_up` or `_conv`) with prod(output_shape[2:]) channels, reshaped to it."""
+  out = layer(math.prod(output_shape[2:]), kernel_size, h, init)(h)
+  return out.reshape((h.shape[0], *out.shape[1:3], *output_shape[2:]))
 
 
 def _conv(features: int, kernel_size: int, x: jnp.ndarray, init: str) -> nn.Conv:
@@ -186,25 +195,116 @@ class SpatialConvDecoder(nn.Module):
     h = nn.relu(_conv(self.features[-1], self.kernel_size, z, self.init_scheme)(z))
     for f in reversed(self.features[:-1]):
       h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
-    return _up(self.output_shape[-1], self.kernel_size, h, self.init_scheme)(h)
+    return _to_output(_up, h, self.kernel_size, self.output_shape, self.init_scheme)
+
+
+class ResBlock(nn.Module):
+  """Pre-activation residual block (He et al. 2016): h + conv3x3(relu(conv3x3(relu(h)))).
+
+  The second convolution starts at zero, so each block starts as the identity and a deep stack
+  trains without normalization layers (no batch statistics to carry or synchronize).
+  """
+
+  init_scheme: str = "flax"
+
+  @nn.compact
+  def __call__(self, h: jnp.ndarray) -> jnp.ndarray:
+    """Returns [batch, H, W, C] for h of that shape."""
+    f = h.shape[-1]
+    r = _conv(f, 3, h, self.init_scheme)(nn.relu(h))
+    r = nn.Conv(f, (3, 3), padding="SAME", kernel_init=nn.initializers.zeros_init())(nn.relu(r))
+    return h + r
+
+
+class ResNetEncoder(nn.Module):
+  """Stages of (stride-2 convolution to `features[i]`, `blocks` residual blocks), then dense.
+
+  A 3x3 stem convolution to `features[0]` comes first; the condition joins the first dense input.
+  """
+
+  features: Sequence[int]
+  kernel_size: int
+  blocks: int
+  dense_sizes: Sequence[int]
+  init_scheme: str = "flax"
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Returns features [batch, dense_sizes[-1]] (the flattened last stage if dense_sizes=())."""
+    h = _conv(self.features[0], 3, x, self.init_scheme)(x)
+    for f in self.features:
+      h = _down(f, self.kernel_size, h, self.init_scheme)(h)
+      for _ in range(self.blocks):
+        h = ResBlock(self.init_scheme)(h)
+    h = _join(nn.relu(h).reshape(h.shape[0], -1), cond)
+    for size in self.dense_sizes:
+      h = nn.relu(dense(size, h, self.init_scheme)(h))
+    return h
+
+
+class ResNetDecoder(nn.Module):
+  """Mirror of `ResNetEncoder`: dense, reshape, stages of (residual blocks, `UpConv` upsampling).
+
+  Stage i (from the deepest) runs `blocks` residual blocks at `features[i]` and upsamples to
+  `features[i - 1]` (`features[0]` last); a ReLU and a 3x3 convolution give the outputs.
+  """
+
+  features: Sequence[int]
+  kernel_size: int
+  blocks: int
+  dense_sizes: Sequence[int]
+  output_shape: Sequence[int]
+  init_scheme: str = "flax"
+
+  @nn.compact
+  def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Returns per-pixel outputs [batch, *output_shape]."""
+    height, width = self.output_shape[:2]
+    scale = 2 ** len(self.features)
+    start = (height // scale, width // scale, self.features[-1])
+    h = _join(z, cond)
+    for size in reversed(self.dense_sizes):
+      h = nn.relu(dense(size, h, self.init_scheme)(h))
+    h = dense(math.prod(start), h, self.init_scheme)(h).reshape((z.shape[0], *start))
+    widths = (self.features[0], *self.features[:-1])
+    for i in reversed(range(len(self.features))):
+      for _ in range(self.blocks):
+        h = ResBlock(self.init_scheme)(h)
+      h = _up(widths[i], self.kernel_size, h, self.init_scheme)(nn.relu(h))
+    return _to_output(_conv, nn.relu(h), 3, self.output_shape, self.init_scheme)
 
 
 def build_bodies(
   config: ml_collections.ConfigDict, image_shape: Sequence[int]
 ) -> tuple[nn.Module, nn.Module]:
-  """The (encoder, decoder) bodies named by `config.arch` (`config` is `config.model`)."""
+  """The (encoder, decoder) bodies named by `config.arch` (`config` is `config.model`).
+
+  The decoder's output shape follows `config.likelihood` (`likelihoods.decoder_shape`).
+  """
+  out_shape = decoder_output_shape(config, image_shape)
   if config.arch == "mlp":
     act = config.get("activation", "relu")
     return (
       MLPEncoder(tuple(config.hidden_sizes), config.init_scheme, act),
-      MLPDecoder(tuple(config.hidden_sizes), tuple(image_shape), config.init_scheme, act),
+      MLPDecoder(tuple(config.hidden_sizes), out_shape, config.init_scheme, act),
     )
+  conv = dict(
+    features=tuple(config.conv_features),
+    kernel_size=config.conv_kernel_size,
+    dense_sizes=tuple(config.dense_sizes),
+    init_scheme=config.init_scheme,
+  )
   if config.arch == "conv":
-    conv = dict(
-      features=tuple(config.conv_features),
-      kernel_size=config.conv_kernel_size,
-      dense_sizes=tuple(config.dense_sizes),
-      init_scheme=config.init_scheme,
+    return ConvEncoder(**conv), ConvDecoder(**conv, output_shape=out_shape)
+  if config.arch == "resnet":
+    blocks = config.get("res_blocks", 1)
+    return (
+      ResNetEncoder(**conv, blocks=blocks),
+      ResNetDecoder(**conv, blocks=blocks, output_shape=out_shape),
     )
-    return ConvEncoder(**conv), ConvDecoder(**conv, output_shape=tuple(image_shape))
   raise ValueError(f"Unknown model.arch {config.arch!r}; choose one of {ARCHS}.")
+
+
+def decoder_output_shape(config: ml_collections.ConfigDict, image_shape) -> tuple[int, ...]:
+  """The per-example decoder output shape for `config.model`'s likelihood."""
+  return likelihoods.decoder_shape(image_shape, config.likelihood, config.get("num_mixtures", 1))

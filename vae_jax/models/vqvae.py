@@ -369,19 +369,20 @@ def build(config: ml_collections.ConfigDict, image_shape: Sequence[int]) -> VQVA
   """A VQ-VAE from `config.model`: 'conv' gives a code grid, 'mlp' gives `latent_dim` codes."""
   vq = config.vqvae
   d = vq.code_dim
+  out_shape = bodies.decoder_output_shape(config, image_shape)
   if config.arch == "conv":
     features = tuple(config.conv_features)
     scale = 2 ** len(features)
     kwargs = dict(features=features, kernel_size=config.conv_kernel_size)
     encoder = bodies.SpatialConvEncoder(**kwargs, out_features=d, init_scheme=config.init_scheme)
     decoder = bodies.SpatialConvDecoder(
-      **kwargs, output_shape=tuple(image_shape), init_scheme=config.init_scheme
+      **kwargs, output_shape=out_shape, init_scheme=config.init_scheme
     )
     latent_shape = (image_shape[0] // scale, image_shape[1] // scale)
   else:
     hidden = tuple(config.hidden_sizes)
     encoder = bodies.MLPEncoder(hidden, config.init_scheme)
-    decoder = bodies.MLPDecoder(hidden, tuple(image_shape), config.init_scheme)
+    decoder = bodies.MLPDecoder(hidden, out_shape, config.init_scheme)
     latent_shape = (config.latent_dim,)
   return VQVAE(
     encoder,

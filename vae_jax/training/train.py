@@ -13,6 +13,7 @@ from absl import logging
 from vae_jax import configuration, runs
 from vae_jax.data import Dataset, load_dataset
 from vae_jax.evaluation import summaries
+from vae_jax.evaluation.likelihood import bits_per_dim
 from vae_jax.losses import elbo
 from vae_jax.models import Model, build_model
 from vae_jax.training import loop, optimizer, preemption, steps
@@ -29,7 +30,8 @@ def evaluate(
   """Per-example means of every objective term over the whole test split, and the loss at `step`.
 
   The loss is the training objective at `step`: -recon plus the KL penalty (or -iwae), the
-  model's `aux_loss`, and its batch loss averaged over the eval batches.
+  model's `aux_loss`, and its batch loss averaged over the eval batches. `bits_per_dim` is the
+  ELBO-based NLL, -elbo / (D ln 2) for D = H * W * C (see `evaluation.likelihood.bits_per_dim`).
   """
   size = meshes.split_batch_size(config.data.eval_batch_size, mesh.size, "data.eval_batch_size")
   batches = dataset.eval_batches(size)
@@ -43,6 +45,7 @@ def evaluate(
     penalty, _ = elbo.kl_penalty(kl_parts, config.objective, step)
     metrics["loss"] = -metrics["recon"] + float(penalty)
   metrics["loss"] += metrics.get("aux_loss", 0.0) + metrics.get("batch_loss", 0.0)
+  metrics["bits_per_dim"] = bits_per_dim(-float(metrics["elbo"]), dataset.spec.image_shape)
   return metrics
 
 
