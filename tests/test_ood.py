@@ -131,6 +131,11 @@ def test_ood_dataset_scores_the_test_split_against_the_other_dataset(run, manual
   assert summary["roc_auc_complexity"] == pytest.approx(
     anomaly.roc_auc(result["corrected"], positive)
   )
+  # Noise is complex: -L(x) alone ranks it below the blobs.
+  assert summary["roc_auc_complexity_only"] == pytest.approx(
+    anomaly.roc_auc(-result["complexity_bits"], positive)
+  )
+  assert summary["roc_auc_complexity_only"] < 0.1
   png, path = result["files"]
   assert png.endswith(".png") and os.path.exists(png)
   with open(path) as f:
@@ -175,6 +180,7 @@ def test_missing_ood_files_and_conditional_models_are_refused(tmp_path, data):
   assert not os.path.exists(tmp_path / "tools")
 
 
+@pytest.mark.slow
 def test_cli_prints_one_error_line_for_an_unknown_ood_dataset(tmp_path):
   """On a 2-step procedural-dSprites run, which the CLI reopens without data files."""
   workdir = str(tmp_path / "run")

@@ -179,7 +179,12 @@ def _summary(run, o, s, corrected, bits, positive, dims: int) -> dict:
     trained_without = tuple(run.config.data.get("exclude_labels", ()))
     summary |= {"heldout": list(heldout_classes(run, o)), "trained_without": list(trained_without)}
     tags = ("other", "heldout")
-  summary |= {"roc_auc": roc_auc(s, positive), "roc_auc_complexity": roc_auc(corrected, positive)}
+  summary |= {
+    "roc_auc": roc_auc(s, positive),
+    "roc_auc_complexity": roc_auc(corrected, positive),
+    # -L(x) alone, Serrà et al.'s baseline: how much of S's AUC the compressor gives by itself.
+    "roc_auc_complexity_only": roc_auc(-bits, positive),
+  }
   for tag, mask in zip(tags, (~positive, positive), strict=True):
     for key, value in _group_summary(s[mask], corrected[mask], bits[mask], dims).items():
       summary[f"{key}_{tag}"] = value
