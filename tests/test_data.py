@@ -1,9 +1,11 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import mnist_dir, synthetic_dataset
+from tests.conftest import REPO, mnist_dir, synthetic_dataset
 from vae_jax.data import DataError, EpochSampler, tfds_images
 from vae_jax.data.preprocess import preprocess
 
@@ -88,3 +90,40 @@ def test_real_mnist_prepares_offline_from_manual_dir(tmp_path):
   assert ds.train_images.shape == (60000, 28, 28, 1) and ds.test_images.shape == (10000, 28, 28, 1)
   assert ds.num_classes == 10 and ds.train_images.dtype == np.uint8
   assert int(ds.train_labels[0]) in range(10) and ds.train_images.max() == 255
+
+
+def test_each_preparation_extracts_into_a_folder_of_its_own(tmp_path, monkeypatch):
+  """TFDS names a manual file's extraction after the file: MNIST's would stand in for Fashion's."""
+  seen = []
+
+  def download_and_prepare(self, download_config):
+    seen.append(download_config.extract_dir)
+    assert os.path.isdir(download_config.extract_dir) and not os.listdir(
+      download_config.extract_dir
+    )
+
+  import tensorflow_datasets as tfds
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: False)
+  for name in ("mnist", "fashion_mnist"):
+    manual = tmp_path / name
+    manual.mkdir()
+    for f in tfds_images.MANUAL_FILES[name]:
+      (manual / f).write_bytes(b"")
+    tfds_images.prepare(name, str(tmp_path / "tfds"), str(manual))
+  assert len(set(seen)) == 2 and not any(os.path.exists(d) for d in seen)
+  assert all(str(tmp_path / "tfds") not in d for d in seen)
+
+
+@pytest.mark.slow
+def test_mnist_then_fashion_mnist_in_one_data_dir_are_different_images(tmp_path):
+  dirs = {n: os.path.join(REPO, "..", "shared/data", n) for n in ("mnist", "fashion_mnist")}
+  if not all(os.path.exists(os.path.join(d, "t10k-images-idx3-ubyte.gz")) for d in dirs.values()):
+    pytest.skip("needs the MNIST and Fashion-MNIST files in ../shared/data")
+  means = {}
+  for name, manual in dirs.items():
+    builder = tfds_images.prepare(name, str(tmp_path / "tfds"), manual)
+    means[name] = tfds_images.load_split(builder, "test")[0].mean()
+  assert means["mnist"] == pytest.approx(33.79, abs=0.01)
+  assert means["fashion_mnist"] == pytest.approx(73.15, abs=0.01)

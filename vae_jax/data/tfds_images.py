@@ -6,6 +6,7 @@ memory so that every training batch is a pure function of (seed, step).
 
 import os
 import socket
+import tempfile
 
 import numpy as np
 
@@ -92,11 +93,14 @@ def prepare(name: str, data_dir: str | None = None, manual_dir: str | None = Non
     _check_manual_dir(name, manual_dir)
   elif not _network_available():
     raise DataError(_missing_data_message(name, manual_dir))
-  config = tfds.download.DownloadConfig(manual_dir=manual_dir)
-  try:
-    builder.download_and_prepare(download_config=config)
-  except Exception as e:
-    raise DataError(f"Preparing '{name}' failed: {str(e).splitlines()[0]}") from e
+  # A fresh extraction folder: TFDS names the extraction of a manual file after the file alone, so
+  # in a shared one Fashion-MNIST would silently reuse MNIST's files of the same names.
+  with tempfile.TemporaryDirectory(prefix=f"tfds_extract_{name}_") as extract_dir:
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir, extract_dir=extract_dir)
+    try:
+      builder.download_and_prepare(download_config=config)
+    except Exception as e:
+      raise DataError(f"Preparing '{name}' failed: {str(e).splitlines()[0]}") from e
   return builder
 
 

@@ -38,6 +38,12 @@ flags.DEFINE_integer("c", None, "arithmetic: class c of a - b + c.")
 flags.DEFINE_string("score", None, "anomaly: elbo (-ELBO) | iw_nll (elbo).")
 flags.DEFINE_integer("heldout", None, "anomaly: anomalous class (default data.exclude_labels).")
 flags.DEFINE_integer("iw_samples", None, "anomaly: importance samples of iw_nll (100).")
+flags.DEFINE_string(
+  "ood_dataset", None, "anomaly: score the test split against this dataset's (e.g. mnist)."
+)
+flags.DEFINE_string(
+  "ood_manual_dir", None, "anomaly: raw files of --ood_dataset (TFDS manual_dir)."
+)
 flags.DEFINE_string("noise", None, "denoise: gaussian | salt_pepper (gaussian).")
 flags.DEFINE_float("level", None, "denoise: noise std or flip probability (0.3).")
 flags.DEFINE_integer("num_eval", None, "denoise: test examples the PSNRs average over (1000).")
