@@ -5,7 +5,10 @@ latent vector (and the optional conditioning vector) to per-pixel outputs of the
 heads that turn features into distribution parameters live in the model files.
 
 Every layer takes `init_scheme`: 'flax' (LeCun-normal kernels, zero biases) or 'pytorch' (kernels
-and biases uniform in +-1/sqrt(fan_in), PyTorch's default), to reproduce PyTorch baselines.
+and biases uniform in +-1/sqrt(fan_in), PyTorch's default), to reproduce PyTorch baselines. The
+conv bodies take `conv_impl` ('auto', 'phase', 'xla'; see `conv_ops`): how their stride-2 and
+transposed convolutions are computed, the same function and parameters either way; 'auto' (the
+default) picks the stride-1 'phase' forms on the CPU backend and XLA's convolutions elsewhere.
 """
 
 import math
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from vae_jax.models import conv_ops
 from vae_jax.models.upconv import UpConv
 
 INITS = ("flax", "pytorch")
@@ -41,15 +45,18 @@ def dense(features: int, x: jnp.ndarray, init: str, name: str | None = None) -> 
   return nn.Dense(features, name=name, **_init_kwargs(init, x.shape[-1]))
 
 
-def _down(features: int, kernel_size: int, x: jnp.ndarray, init: str) -> nn.Conv:
-  """Stride-2 'SAME' convolution: halves height and width."""
+def _down(features: int, kernel_size: int, x: jnp.ndarray, init: str, impl: str) -> nn.Conv:
+  """Stride-2 'SAME' convolution: halves height and width (`impl`: see `conv_ops.IMPLS`)."""
   kwargs = _init_kwargs(init, x.shape[-1] * kernel_size**2)
+  if conv_ops.use_fast_path(impl):
+    kwargs["conv_general_dilated"] = conv_ops.conv_general_dilated
   return nn.Conv(features, (kernel_size, kernel_size), strides=(2, 2), padding="SAME", **kwargs)
 
 
-def _up(features: int, kernel_size: int, x: jnp.ndarray, init: str) -> UpConv:
+def _up(features: int, kernel_size: int, x: jnp.ndarray, init: str, impl: str) -> UpConv:
   """Stride-2 transposed convolution (the adjoint of `_down`): doubles height and width."""
-  return UpConv(features, kernel_size, **_init_kwargs(init, x.shape[-1] * kernel_size**2))
+  kwargs = _init_kwargs(init, x.shape[-1] * kernel_size**2)
+  return UpConv(features, kernel_size, impl=impl, **kwargs)
 
 
 def _join(h: jnp.ndarray, cond: jnp.ndarray | None) -> jnp.ndarray:
@@ -109,13 +116,14 @@ class ConvEncoder(nn.Module):
   kernel_size: int
   dense_sizes: Sequence[int]
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns features [batch, dense_sizes[-1]]."""
     h = x
     for f in self.features:
-      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme)(h))
+      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h))
     h = _join(h.reshape(h.shape[0], -1), cond)
     for size in self.dense_sizes:
       h = nn.relu(dense(size, h, self.init_scheme)(h))
@@ -130,6 +138,7 @@ class ConvDecoder(nn.Module):
   dense_sizes: Sequence[int]
   output_shape: Sequence[int]
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -142,8 +151,8 @@ class ConvDecoder(nn.Module):
       h = nn.relu(dense(size, h, self.init_scheme)(h))
     h = nn.relu(dense(math.prod(start), h, self.init_scheme)(h)).reshape((z.shape[0], *start))
     for f in reversed(self.features[:-1]):
-      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
-    return _up(channels, self.kernel_size, h, self.init_scheme)(h)
+      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h))
+    return _up(channels, self.kernel_size, h, self.init_scheme, self.conv_impl)(h)
 
 
 def _conv(features: int, kernel_size: int, x: jnp.ndarray, init: str) -> nn.Conv:
@@ -162,13 +171,14 @@ class SpatialConvEncoder(nn.Module):
   kernel_size: int
   out_features: int
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """Returns [batch, H / 2^n, W / 2^n, out_features] for n = len(features)."""
     h = x
     for f in self.features:
-      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme)(h))
+      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h))
     return _conv(self.out_features, 1, h, self.init_scheme)(h)
 
 
@@ -179,14 +189,15 @@ class SpatialConvDecoder(nn.Module):
   kernel_size: int
   output_shape: Sequence[int]
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
     """Maps a latent grid [batch, H / 2^n, W / 2^n, d] to per-pixel outputs [batch, H, W, C]."""
     h = nn.relu(_conv(self.features[-1], self.kernel_size, z, self.init_scheme)(z))
     for f in reversed(self.features[:-1]):
-      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
-    return _up(self.output_shape[-1], self.kernel_size, h, self.init_scheme)(h)
+      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h))
+    return _up(self.output_shape[-1], self.kernel_size, h, self.init_scheme, self.conv_impl)(h)
 
 
 def build_bodies(
