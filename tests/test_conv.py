@@ -91,13 +91,25 @@ def test_other_convolutions_go_to_lax_unchanged():
     )
 
 
-@pytest.mark.parametrize(("kernel", "size"), [(4, (4, 4)), (4, (5, 3)), (3, (6, 5)), (5, (4, 6))])
-def test_upconv_phase_path_equals_the_shared_window_path(kernel, size):
-  x, w = _normal(0, (2, *size, 3)), _normal(1, (kernel, kernel, 3, 4))
+@pytest.mark.parametrize(
+  ("kernel", "size", "features"),
+  [
+    (4, (4, 4), 12),
+    (4, (5, 3), 1),
+    (3, (6, 5), 12),
+    (3, (6, 5), 2),
+    (5, (4, 6), 12),
+    (5, (3, 4), 1),
+  ],
+)
+def test_upconv_phase_path_equals_the_shared_window_path(kernel, size, features):
+  """Both phase forms: a convolution with 4F outputs (F >= 8), one tap matmul (F < 8)."""
+  x, w = _normal(0, (2, *size, 3)), _normal(1, (kernel, kernel, 3, features))
 
   def upconv(impl):
-    module = UpConv(4, kernel, impl=impl)
-    return lambda x, w: module.apply({"params": {"kernel": w, "bias": jnp.arange(4.0)}}, x)
+    module = UpConv(features, kernel, impl=impl)
+    bias = jnp.arange(float(features))
+    return lambda x, w: module.apply({"params": {"kernel": w, "bias": bias}}, x)
 
   _assert_vjps_equal(upconv("phase"), upconv("xla"), (x, w))
 

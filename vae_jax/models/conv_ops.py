@@ -179,36 +179,55 @@ def _phase_windows(kernel_size: int, pad_before: int) -> tuple[int, list[tuple[i
   return m, windows
 
 
+# Below this many output channels UpConv multiplies the input by every tap at once instead: XLA:CPU
+# runs a convolution with only 4F outputs at a few GFLOP/s (the decoder's image layer, F = 1).
+_FEW_FEATURES = 8
+
+
 def upconv_phase_conv(x: jax.Array, w: jax.Array) -> jax.Array:
   """The stride-2 transposed convolution of `UpConv` (no bias), [B, H, W, C] -> [B, 2H, 2W, F].
 
   One stride-1 convolution with an m x m window (m = ceil(k/2)) and 4F output channels, one group
   of F per output phase (a, c); each phase reads the result at its own offset, then the four are
   interleaved. The (2m - 1)^2 / m^2 -fold work of a shared window over all phases is avoided.
+  With F < 8: one matmul [B H W, C] x [C, k k F] and, per phase, a sum of its taps' shifted slices.
   """
   k, f = w.shape[0], w.shape[-1]
   m, windows = _phase_windows(k, (k - 2) // 2)
   lo = min(first for first, _ in windows)
-  hi = max(first for first, _ in windows)
-  zero = jnp.zeros_like(w[0, 0])
-  phases = []
-  for _, rows in windows:
-    for _, cols in windows:
-      phases.append(
+  pad = (-lo, max(first for first, _ in windows) + m - 1)
+  b, h, wd, c = x.shape
+  if f < _FEW_FEATURES:
+    taps = (x.reshape(-1, c) @ w.transpose(2, 0, 1, 3).reshape(c, -1)).reshape(b, h, wd, k, k, f)
+    taps = jnp.pad(taps, ((0, 0), pad, pad, (0, 0), (0, 0), (0, 0)))
+
+    def phase(a: int, c_: int) -> jax.Array:
+      (fa, rows), (fc, cols) = windows[a], windows[c_]
+      parts = [
+        taps[:, fa + i - lo : fa + i - lo + h, fc + j - lo : fc + j - lo + wd, r, t]
+        for i, r in enumerate(rows)
+        for j, t in enumerate(cols)
+        if r is not None and t is not None
+      ]
+      return sum(parts[1:], parts[0])
+
+  else:
+    zero = jnp.zeros_like(w[0, 0])
+    kernel = jnp.concatenate(  # [m, m, C, 4F], phase (a, c) at group 2a + c
+      [
         jnp.stack(
-          [jnp.stack([zero if r is None or c is None else w[r, c] for c in cols]) for r in rows]
+          [jnp.stack([zero if r is None or t is None else w[r, t] for t in cs]) for r in rs]
         )
-      )
-  kernel = jnp.concatenate(phases, axis=-1)  # [m, m, C, 4F], phase (a, c) at group 2a + c
-  pad = (-lo, hi + m - 1)
-  y = conv_stride1(x, kernel, (pad, pad))
-  b, h, wd = x.shape[:3]
-  out = [
-    [
-      y[:, fa - lo : fa - lo + h, fc - lo : fc - lo + wd, (2 * a + c) * f : (2 * a + c + 1) * f]
-      for c, (fc, _) in enumerate(windows)
-    ]
-    for a, (fa, _) in enumerate(windows)
-  ]
-  out = jnp.stack([jnp.stack(row, axis=3) for row in out], axis=2)  # [B, H, 2, W, 2, F]
-  return out.reshape(b, 2 * h, 2 * wd, f)
+        for _, rs in windows
+        for _, cs in windows
+      ],
+      axis=-1,
+    )
+    y = conv_stride1(x, kernel, (pad, pad))
+
+    def phase(a: int, c_: int) -> jax.Array:
+      fa, fc, g = windows[a][0] - lo, windows[c_][0] - lo, 2 * a + c_
+      return y[:, fa : fa + h, fc : fc + wd, g * f : (g + 1) * f]
+
+  out = jnp.stack([jnp.stack([phase(a, c_) for c_ in (0, 1)], axis=3) for a in (0, 1)], axis=2)
+  return out.reshape(b, 2 * h, 2 * wd, f)  # out was [B, H, 2, W, 2, F]
