@@ -133,7 +133,10 @@ def conv_general_dilated(
   precision=None,
   **kwargs,
 ) -> jax.Array:
-  """`lax.conv_general_dilated`, with 2-D stride-2 NHWC/HWIO convolutions as `stride2_conv`."""
+  """`lax.conv_general_dilated`, with 2-D stride-2 NHWC/HWIO convolutions as `stride2_conv`.
+
+  The stride-1 form ignores `precision` (float32 on CPU computes at full precision either way).
+  """
   plain = lambda: lax.conv_general_dilated(  # noqa: E731
     lhs,
     rhs,
