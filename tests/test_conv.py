@@ -150,3 +150,23 @@ def test_beta4_model_fast_path_gives_the_default_paths_loss_and_gradients():
   np.testing.assert_allclose(l_fast, l_plain, rtol=1e-5)
   for got, want in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_plain), strict=True):
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(want))))
+
+
+def test_vmapped_over_members_like_the_vectorized_sweep():
+  """Inputs and kernels both batched (a vectorized sweep's members): the VJPs still agree."""
+  x, w = _normal(0, (2, 3, 8, 8, 4)), _normal(1, (2, 4, 4, 4, 5))
+  _assert_vjps_equal(
+    jax.vmap(
+      lambda x, w: conv_ops.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC)
+    ),
+    jax.vmap(lambda x, w: lax.conv_general_dilated(x, w, (2, 2), "SAME", dimension_numbers=NHWC)),
+    (x, w),
+  )
+  x = _normal(2, (2, 3, 4, 4, 6))
+  up_w = _normal(3, (2, 4, 4, 6, 12))
+  dec = {impl: UpConv(12, 4, impl=impl) for impl in ("phase", "xla")}
+  apply = {
+    impl: jax.vmap(lambda x, w, m=m: m.apply({"params": {"kernel": w, "bias": jnp.zeros(12)}}, x))
+    for impl, m in dec.items()
+  }
+  _assert_vjps_equal(apply["phase"], apply["xla"], (x, up_w))
