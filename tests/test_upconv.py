@@ -21,10 +21,11 @@ def _naive_transposed_conv(x, w, pad_before):
   return out
 
 
+@pytest.mark.parametrize("impl", ["phase", "xla"])
 @pytest.mark.parametrize("kernel_size", [3, 4])
-def test_upconv_matches_the_textbook_definition(kernel_size):
+def test_upconv_matches_the_textbook_definition(kernel_size, impl):
   x = jax.random.normal(jax.random.key(0), (2, 5, 4, 3))
-  module = UpConv(6, kernel_size)
+  module = UpConv(6, kernel_size, impl=impl)
   params = module.init(jax.random.key(1), x)
   params["params"]["bias"] = jnp.arange(6.0)
   w = np.asarray(params["params"]["kernel"])

@@ -7,7 +7,10 @@ image's shape, or (H, W, K, P) when the likelihood has several numbers per pixel
 the model files.
 
 Every layer takes `init_scheme`: 'flax' (LeCun-normal kernels, zero biases) or 'pytorch' (kernels
-and biases uniform in +-1/sqrt(fan_in), PyTorch's default), to reproduce PyTorch baselines.
+and biases uniform in +-1/sqrt(fan_in), PyTorch's default), to reproduce PyTorch baselines. The
+conv bodies take `conv_impl` ('auto', 'phase', 'xla'; see `conv_ops`): how their stride-2 and
+transposed convolutions are computed, the same function and parameters either way; 'auto' (the
+default) picks the stride-1 'phase' forms on the CPU backend and XLA's convolutions elsewhere.
 """
 
 import math
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vae_jax.losses import likelihoods
+from vae_jax.models import conv_ops
 from vae_jax.models.upconv import UpConv
 
 INITS = ("flax", "pytorch")
@@ -44,15 +48,18 @@ def dense(features: int, x: jnp.ndarray, init: str, name: str | None = None) -> 
   return nn.Dense(features, name=name, **_init_kwargs(init, x.shape[-1]))
 
 
-def _down(features: int, kernel_size: int, x: jnp.ndarray, init: str) -> nn.Conv:
-  """Stride-2 'SAME' convolution: halves height and width."""
+def _down(features: int, kernel_size: int, x: jnp.ndarray, init: str, impl: str) -> nn.Conv:
+  """Stride-2 'SAME' convolution: halves height and width (`impl`: see `conv_ops.IMPLS`)."""
   kwargs = _init_kwargs(init, x.shape[-1] * kernel_size**2)
+  if conv_ops.use_fast_path(impl):
+    kwargs["conv_general_dilated"] = conv_ops.conv_general_dilated
   return nn.Conv(features, (kernel_size, kernel_size), strides=(2, 2), padding="SAME", **kwargs)
 
 
-def _up(features: int, kernel_size: int, x: jnp.ndarray, init: str) -> UpConv:
+def _up(features: int, kernel_size: int, x: jnp.ndarray, init: str, impl: str) -> UpConv:
   """Stride-2 transposed convolution (the adjoint of `_down`): doubles height and width."""
-  return UpConv(features, kernel_size, **_init_kwargs(init, x.shape[-1] * kernel_size**2))
+  kwargs = _init_kwargs(init, x.shape[-1] * kernel_size**2)
+  return UpConv(features, kernel_size, impl=impl, **kwargs)
 
 
 def _join(h: jnp.ndarray, cond: jnp.ndarray | None) -> jnp.ndarray:
@@ -112,13 +119,14 @@ class ConvEncoder(nn.Module):
   kernel_size: int
   dense_sizes: Sequence[int]
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns features [batch, dense_sizes[-1]]."""
     h = x
     for f in self.features:
-      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme)(h))
+      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h))
     h = _join(h.reshape(h.shape[0], -1), cond)
     for size in self.dense_sizes:
       h = nn.relu(dense(size, h, self.init_scheme)(h))
@@ -133,6 +141,7 @@ class ConvDecoder(nn.Module):
   dense_sizes: Sequence[int]
   output_shape: Sequence[int]
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -145,13 +154,15 @@ class ConvDecoder(nn.Module):
       h = nn.relu(dense(size, h, self.init_scheme)(h))
     h = nn.relu(dense(math.prod(start), h, self.init_scheme)(h)).reshape((z.shape[0], *start))
     for f in reversed(self.features[:-1]):
-      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
-    return _to_output(_up, h, self.kernel_size, self.output_shape, self.init_scheme)
+      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h))
+    return _to_output(_up, h, self.kernel_size, self.output_shape, self.init_scheme, self.conv_impl)
 
 
-def _to_output(layer, h: jnp.ndarray, kernel_size: int, output_shape, init: str) -> jnp.ndarray:
+def _to_output(
+  layer, h: jnp.ndarray, kernel_size: int, output_shape, init: str, *impl
+) -> jnp.ndarray:
   """The last layer (`_up` or `_conv`) with prod(output_shape[2:]) channels, reshaped to it."""
-  out = layer(math.prod(output_shape[2:]), kernel_size, h, init)(h)
+  out = layer(math.prod(output_shape[2:]), kernel_size, h, init, *impl)(h)
   return out.reshape((h.shape[0], *out.shape[1:3], *output_shape[2:]))
 
 
@@ -171,13 +182,14 @@ class SpatialConvEncoder(nn.Module):
   kernel_size: int
   out_features: int
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     """Returns [batch, H / 2^n, W / 2^n, out_features] for n = len(features)."""
     h = x
     for f in self.features:
-      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme)(h))
+      h = nn.relu(_down(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h))
     return _conv(self.out_features, 1, h, self.init_scheme)(h)
 
 
@@ -188,14 +200,15 @@ class SpatialConvDecoder(nn.Module):
   kernel_size: int
   output_shape: Sequence[int]
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z: jnp.ndarray) -> jnp.ndarray:
     """Maps a latent grid [batch, H / 2^n, W / 2^n, d] to per-pixel outputs [batch, H, W, C]."""
     h = nn.relu(_conv(self.features[-1], self.kernel_size, z, self.init_scheme)(z))
     for f in reversed(self.features[:-1]):
-      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme)(h))
-    return _to_output(_up, h, self.kernel_size, self.output_shape, self.init_scheme)
+      h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h))
+    return _to_output(_up, h, self.kernel_size, self.output_shape, self.init_scheme, self.conv_impl)
 
 
 class ResBlock(nn.Module):
@@ -227,13 +240,14 @@ class ResNetEncoder(nn.Module):
   blocks: int
   dense_sizes: Sequence[int]
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns features [batch, dense_sizes[-1]] (the flattened last stage if dense_sizes=())."""
     h = _conv(self.features[0], 3, x, self.init_scheme)(x)
     for f in self.features:
-      h = _down(f, self.kernel_size, h, self.init_scheme)(h)
+      h = _down(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h)
       for _ in range(self.blocks):
         h = ResBlock(self.init_scheme)(h)
     h = _join(nn.relu(h).reshape(h.shape[0], -1), cond)
@@ -255,6 +269,7 @@ class ResNetDecoder(nn.Module):
   dense_sizes: Sequence[int]
   output_shape: Sequence[int]
   init_scheme: str = "flax"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -270,7 +285,7 @@ class ResNetDecoder(nn.Module):
     for i in reversed(range(len(self.features))):
       for _ in range(self.blocks):
         h = ResBlock(self.init_scheme)(h)
-      h = _up(widths[i], self.kernel_size, h, self.init_scheme)(nn.relu(h))
+      h = _up(widths[i], self.kernel_size, h, self.init_scheme, self.conv_impl)(nn.relu(h))
     return _to_output(_conv, nn.relu(h), 3, self.output_shape, self.init_scheme)
 
 

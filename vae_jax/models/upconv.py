@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from vae_jax.models import conv_ops
+
 
 def _phase_taps(kernel_size: int) -> tuple[int, list[list[int | None]]]:
   """For output parities a = 0, 1: the kernel tap used at each input offset of a shared window.
@@ -45,12 +47,16 @@ class UpConv(nn.Module):
       `nn.ConvTranspose`).
     kernel_init: initializer of the kernel.
     bias_init: initializer of the bias.
+    impl: 'auto', 'phase' or 'xla' (`conv_ops.use_fast_path`): 'phase' computes each output phase
+      over its own ceil(k/2)-wide window (`conv_ops.upconv_phase_conv`), 'xla' over the window
+      shared by all four phases with XLA's convolution gradients; 'auto' is 'phase' on CPU.
   """
 
   features: int
   kernel_size: int
   kernel_init: nn.initializers.Initializer = nn.initializers.lecun_normal()
   bias_init: nn.initializers.Initializer = nn.initializers.zeros_init()
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -58,6 +64,8 @@ class UpConv(nn.Module):
     k, cin = self.kernel_size, x.shape[-1]
     w = self.param("kernel", self.kernel_init, (k, k, cin, self.features))
     b = self.param("bias", self.bias_init, (self.features,))
+    if conv_ops.use_fast_path(self.impl):
+      return conv_ops.upconv_phase_conv(x, w) + b
     first, taps = _phase_taps(k)
     width = len(taps[0])
     # Gather table [width, width, 2, 2]: the flat tap (ky * k + kx) that phase (a, c) applies at

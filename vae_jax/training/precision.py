@@ -35,6 +35,17 @@ def cast_floating(tree, dtype: jnp.dtype):
   return jax.tree.map(one, tree)
 
 
-def restore_dtypes(tree, like):
-  """`tree` with each array cast back to the dtype of the matching array in `like`."""
-  return jax.tree.map(lambda x, ref: x.astype(ref.dtype), tree, like)
+def in_dtype(apply, dtype: jnp.dtype | None):
+  """`apply(variables, x, ...)` run in `dtype`, its floating outputs (and state) back in float32.
+
+  The identity for float32 (or None). Model state is float32 in every family, so casting the
+  updated state back to float32 restores its dtype.
+  """
+  if dtype is None or jnp.dtype(dtype) == jnp.float32:
+    return apply
+
+  def low(variables, x, *args, **kwargs):
+    result = apply(*cast_floating((variables, x), dtype), *args, **kwargs)
+    return cast_floating(result, jnp.float32)
+
+  return low

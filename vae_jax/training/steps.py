@@ -66,21 +66,10 @@ def forward_terms(
   collections = [c for c in model.capabilities.mutable if c in model_state] if mutable else False
   m = config.model
   step_arg = {"step": step} if model.capabilities.takes_step else {}
-  low = compute_dtype is not None and jnp.dtype(compute_dtype) != jnp.float32
-  apply_vars, apply_x = (
-    precision.cast_floating((model_vars, x), compute_dtype) if low else (model_vars, x)
-  )
+  apply = precision.in_dtype(model.apply, compute_dtype)
 
   def one_sample(k):
-    result = model.apply(apply_vars, apply_x, k, y, mutable=collections, **step_arg)
-    if not low:
-      return result
-    if not collections:
-      return precision.cast_floating(result, jnp.float32)
-    outputs, new_state = result
-    return precision.cast_floating(outputs, jnp.float32), precision.restore_dtypes(
-      new_state, {c: model_state[c] for c in new_state}
-    )
+    return apply(model_vars, x, k, y, mutable=collections, **step_arg)
 
   if config.objective.estimator == "iwae" or config.objective.num_samples > 1:
     ids = jnp.arange(config.objective.num_samples)

@@ -1,0 +1,139 @@
+"""The beta4 conv train step: stride-1 'phase' convolutions vs XLA's, vs PyTorch, in one process.
+
+    python -m benchmarks.conv_step [--rounds=10] [--steps=5]
+
+Times (a) the jitted train step as the trainer builds it (`steps.make_train_step`) with the conv
+bodies' `conv_impl='phase'` (what 'auto' picks on CPU), (b) the same step with `conv_impl='xla'`,
+and (c) the same architecture in PyTorch (eager, CPU, default threads): four 4x4 stride-2 convs of
+32 channels with padding 1, dense 256-256, a 10-d Gaussian latent, the mirrored decoder with
+transposed convs, Bernoulli likelihood (BCE with logits summed per image, batch mean), KL weighted
+by beta, Adam. The batch (64 images) stays in memory. Rounds alternate the three in random order
+so that load on a shared machine hits all alike; prints the median ms per step and the ratios.
+"""
+
+import argparse
+import random
+import time
+
+import jax
+import numpy as np
+
+from configs import beta4
+from vae_jax.data.spec import DataSpec
+from vae_jax.models import build_model
+from vae_jax.training import mesh as meshes
+from vae_jax.training import optimizer, steps
+from vae_jax.training.keys import run_keys
+from vae_jax.training.state import init_state
+
+SHAPE = (64, 64, 1)
+
+
+def _with_conv_impl(model, impl: str):
+  return model.clone(
+    encoder=model.encoder.clone(conv_impl=impl), decoder=model.decoder.clone(conv_impl=impl)
+  )
+
+
+def jax_step(config, impl: str, images: np.ndarray):
+  """A zero-argument callable running one vae_jax train step with `conv_impl=impl`."""
+  spec = DataSpec(SHAPE, 0, 60_000)
+  model = _with_conv_impl(build_model(config.model, spec), impl)
+  tx, _ = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
+  mesh = meshes.make_mesh()
+  keys = run_keys(config.seed)
+  batch = jax.device_put({"image": images}, meshes.batch_sharded(mesh))
+  step = steps.make_train_step(model, tx, config, mesh)
+  box = [jax.jit(lambda r: init_state(model, tx, r, spec))(keys["init"])]
+
+  def run():
+    box[0], metrics = step(box[0], batch, keys["train"])
+    return metrics["loss"]
+
+  jax.block_until_ready(run())
+  return run
+
+
+def torch_step(config, images: np.ndarray):
+  """A zero-argument callable running one PyTorch train step of the same architecture."""
+  import torch
+  from torch import nn
+  from torch.nn import functional as F
+
+  torch.manual_seed(0)
+  c, k, z = 32, config.model.conv_kernel_size, config.model.latent_dim
+
+  def down(cin):
+    return [nn.Conv2d(cin, c, k, 2, 1), nn.ReLU()]
+
+  def up(cout, relu=True):
+    return [nn.ConvTranspose2d(c, cout, k, 2, 1)] + ([nn.ReLU()] if relu else [])
+
+  encoder = nn.Sequential(
+    *down(1), *down(c), *down(c), *down(c), nn.Flatten(),
+    nn.Linear(c * 16, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 2 * z),
+  )  # fmt: skip
+  decoder = nn.Sequential(
+    nn.Linear(z, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, c * 16),
+    nn.ReLU(), nn.Unflatten(1, (c, 4, 4)), *up(c), *up(c), *up(c), *up(1, relu=False),
+  )  # fmt: skip
+  params = [*encoder.parameters(), *decoder.parameters()]
+  opt = torch.optim.Adam(params, lr=config.optimizer.learning_rate)
+  x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+  beta = config.objective.beta
+
+  def run():
+    opt.zero_grad()
+    mu, logvar = encoder(x).chunk(2, dim=1)
+    zs = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    logits = decoder(zs)
+    rec = F.binary_cross_entropy_with_logits(logits, x, reduction="sum") / len(x)
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp()) / len(x)
+    loss = rec + beta * kl
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+  run()
+  return run
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--rounds", type=int, default=10)
+  parser.add_argument("--steps", type=int, default=5, help="steps per round and variant")
+  args = parser.parse_args()
+  import torch
+
+  config = beta4.get_config()
+  rng = np.random.default_rng(0)
+  images = (rng.random((config.data.batch_size, *SHAPE)) < 0.1).astype(np.uint8) * 255
+  variants = {
+    "(a) vae_jax phase": jax_step(config, "phase", images),
+    "(b) vae_jax xla": jax_step(config, "xla", images),
+    "(c) pytorch": torch_step(config, images),
+  }
+  times = {name: [] for name in variants}
+  for _ in range(args.rounds):
+    for name in random.sample(list(variants), len(variants)):
+      run = variants[name]
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        out = run()
+      jax.block_until_ready(out)
+      times[name].append((time.perf_counter() - start) / args.steps)
+  print(
+    f"beta4 train step, batch {config.data.batch_size}, backend {jax.default_backend()}, "
+    f"torch {torch.__version__} threads {torch.get_num_threads()}, "
+    f"{args.rounds} rounds x {args.steps} steps"
+  )
+  med = {name: float(np.median(t)) for name, t in times.items()}
+  for name, t in times.items():
+    print(f"{name:<18} median {med[name] * 1e3:8.2f} ms  min {min(t) * 1e3:8.2f} ms")
+  a, b, c = med.values()
+  print(f"speed-up (a) over (b): {b / a:.2f}x   (a) over pytorch: {c / a:.2f}x   "
+        f"(b) over pytorch: {c / b:.2f}x")  # fmt: skip
+
+
+if __name__ == "__main__":
+  main()
