@@ -61,7 +61,7 @@ def mnist(args) -> list[dict]:
         torch_rate,
         "ex/s",
         ratio=float(np.median(ratios)),
-        target=">= 2.5x on the 2-core CPU",
+        target=">= 2.5x on the 2-core CPU (speed ratio)",
       )
     )
   return rows
@@ -71,17 +71,28 @@ def beta4(args) -> list[dict]:
   """The beta4 conv train step against PyTorch with the same architecture."""
   from benchmarks import conv_step
 
-  result = conv_step.measure(rounds=3 if args.quick else 8)
-  return [
+  result = conv_step.measure(rounds=3 if args.quick else 10)
+  rows = [
     _row(
-      "beta4 train step (batch 64), ms vs PyTorch",
+      "beta4 train step (batch 64), ms vs the same step with XLA's default convs",
       result["vae_jax_ms"],
-      result.get("torch_ms"),
+      result["xla_ms"],
       "ms",
-      ratio=result["torch_ms"] / result["vae_jax_ms"] if result.get("torch_ms") else None,
-      target=">= 1.5x on the 2-core CPU",
+      ratio=result["xla_ms"] / result["vae_jax_ms"],
     )
   ]
+  if "torch_ms" in result:
+    rows.append(
+      _row(
+        "beta4 train step (batch 64), ms vs PyTorch (same architecture)",
+        result["vae_jax_ms"],
+        result["torch_ms"],
+        "ms",
+        ratio=result["torch_ms"] / result["vae_jax_ms"],
+        target=">= 1.5x on the 2-core CPU (speed ratio)",
+      )
+    )
+  return rows
 
 
 def iwae(args) -> list[dict]:
