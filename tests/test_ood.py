@@ -57,7 +57,7 @@ def manual(tmp_path) -> str:
   """Placeholder raw files: TFDS's mock data never reads them."""
   path = tmp_path / "manual"
   path.mkdir()
-  for name in IDX_FILES:
+  for name in (*IDX_FILES, "cifar-10-binary.tar.gz"):
     (path / name).write_bytes(b"")
   return str(path)
 
