@@ -51,6 +51,25 @@ def test_bernoulli_gradient_is_x_minus_sigmoid():
   np.testing.assert_allclose(grad, x - jax.nn.sigmoid(logits), atol=1e-7)
 
 
+def test_bernoulli_derivatives_match_the_log_sigmoid_form():
+  x = jnp.array([[1.0, 0.0, 0.5, 0.3]])
+  logits = jnp.array([[0.7, -1.5, 2.0, -0.2]])
+
+  def reference(x, v):
+    return jnp.sum(x * jax.nn.log_sigmoid(v) + (1.0 - x) * jax.nn.log_sigmoid(-v))
+
+  def fused(x, v):
+    return likelihoods.bernoulli_log_likelihood(x, v).sum()
+
+  for argnums in (0, 1):
+    np.testing.assert_allclose(
+      jax.grad(fused, argnums)(x, logits), jax.grad(reference, argnums)(x, logits), rtol=1e-6
+    )
+  np.testing.assert_allclose(
+    jax.hessian(fused, 1)(x, logits), jax.hessian(reference, 1)(x, logits), atol=1e-6
+  )
+
+
 def test_gaussian_fixed_sigma_is_scaled_mse():
   x = jnp.array([[0.0, 1.0, 2.0]])
   mean = jnp.array([[1.0, 1.0, 0.0]])
