@@ -66,6 +66,24 @@ def test_sharded_gradient_equals_global_batch_gradient(dataset, overrides, num_d
   np.testing.assert_allclose(metrics["grad_norm"], optax.global_norm(expected), rtol=1e-5)
 
 
+def test_log_grad_norm_false_drops_the_metric_and_changes_no_number(dataset):
+  results = []
+  for log_grad_norm in (True, False):
+    config = tiny_config(**{"data.binarize": "dynamic", "log_grad_norm": log_grad_norm})
+    model = build_model(config.model, dataset.spec)
+    tx = optax.adam(1e-3)
+    rng = jax.random.key(0)
+    state = state_lib.init_state(model, tx, rng, dataset.spec)
+    mesh = meshes.make_mesh(jax.devices()[:1])
+    train_step = steps.make_train_step(model, tx, config, mesh)
+    results.append(train_step(state, dataset.train_stream(32, 0).batch(0), rng))
+  (with_norm, metrics_with), (without, metrics_without) = results
+  assert set(metrics_with) - set(metrics_without) == {"grad_norm"}
+  for a, b in zip(jax.tree.leaves(with_norm.params), jax.tree.leaves(without.params), strict=True):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(metrics_with["loss"], metrics_without["loss"])
+
+
 def test_example_keys_fold_in_step_then_global_index():
   rng = jax.random.key(3)
   keys = prng.example_keys(rng, 5, jnp.arange(4))

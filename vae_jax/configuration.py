@@ -23,6 +23,7 @@ RESUMABLE_CHANGES = (
   "num_epochs",
   "num_train_steps",
   "log_every_steps",
+  "log_grad_norm",
   "eval_every_steps",
   "checkpoint_every_steps",
   "keep_checkpoints",

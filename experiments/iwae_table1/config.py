@@ -69,6 +69,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.num_epochs = sum(config.optimizer.stage_epochs)
   config.steps_per_execution = 1_000
   config.log_every_steps = STEPS_PER_EPOCH
+  config.log_grad_norm = False  # ~20% of a batch-20 step on CPU, over 9.84 M steps.
   config.eval_every_steps = 100 * STEPS_PER_EPOCH
   config.checkpoint_every_steps = 10 * STEPS_PER_EPOCH
   config.keep_checkpoints = 2

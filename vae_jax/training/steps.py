@@ -171,7 +171,7 @@ def update(
 
   if not sharded:
     grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
-    return _apply(tx, state, grads, metrics, model_state)
+    return _apply(tx, state, grads, metrics, model_state, config.get("log_grad_norm", True))
   # Parameters are replicated (device-invariant); differentiating them directly would make JAX
   # psum the per-device gradients itself. Casting to device-varying gives each device the
   # gradient of its own shard's loss, which the explicit pmean then averages.
@@ -180,14 +180,17 @@ def update(
   grads = lax.pmean(grads, DATA_AXIS)
   metrics = lax.pmean(metrics, DATA_AXIS)
   model_state = lax.pmean(model_state, DATA_AXIS)
-  return _apply(tx, state, grads, metrics, model_state)
+  return _apply(tx, state, grads, metrics, model_state, config.get("log_grad_norm", True))
 
 
-def _apply(tx, state: TrainState, grads, metrics: dict, model_state) -> tuple[TrainState, dict]:
+def _apply(
+  tx, state: TrainState, grads, metrics: dict, model_state, grad_norm: bool = True
+) -> tuple[TrainState, dict]:
   """The optimizer's update of `state` with averaged `grads`; the metrics gain `grad_norm`."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics["grad_norm"] = optax.global_norm(grads)
+  if grad_norm:
+    metrics["grad_norm"] = optax.global_norm(grads)
   new_state = state.replace(
     step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state
   )
