@@ -29,18 +29,18 @@ def bernoulli_log_likelihood(x: jax.Array, logits: jax.Array) -> jax.Array:
   return _sum_pixels(_bernoulli_log_prob(x, logits))
 
 
-@jax.custom_jvp
-def _bernoulli_log_prob(x: jax.Array, logits: jax.Array) -> jax.Array:
-  # x * l - softplus(l) with one exp and one log1p per pixel; the JVP reuses the same exp for
-  # sigmoid(l), where log_sigmoid(l) and log_sigmoid(-l) would cost two of each, twice over.
-  return x * logits - _softplus_and_sigmoid(logits)[0]
-
-
 def _softplus_and_sigmoid(logits: jax.Array) -> tuple[jax.Array, jax.Array]:
   e = jnp.exp(-jnp.abs(logits))
   softplus = jnp.maximum(logits, 0.0) + jnp.log1p(e)
   sigmoid = jnp.where(logits >= 0, 1.0, e) / (1.0 + e)
   return softplus, sigmoid
+
+
+@jax.custom_jvp
+def _bernoulli_log_prob(x: jax.Array, logits: jax.Array) -> jax.Array:
+  # x * l - softplus(l) with one exp and one log1p per pixel; the JVP reuses the same exp for
+  # sigmoid(l), where log_sigmoid(l) and log_sigmoid(-l) would cost two of each, twice over.
+  return x * logits - _softplus_and_sigmoid(logits)[0]
 
 
 @_bernoulli_log_prob.defjvp

@@ -141,6 +141,7 @@ def update(
   whole batch is on one device and there is nothing to average (no `shard_map` around it).
   """
   collectives = DATA_COLLECTIVES if sharded else LOCAL
+  grad_norm = config.get("log_grad_norm", True)
 
   def loss_fn(params):
     (terms, outputs), model_state = forward_terms(
@@ -171,7 +172,7 @@ def update(
 
   if not sharded:
     grads, (metrics, model_state) = jax.grad(loss_fn, has_aux=True)(state.params)
-    return _apply(tx, state, grads, metrics, model_state, config.get("log_grad_norm", True))
+    return _apply(tx, state, grads, metrics, model_state, grad_norm)
   # Parameters are replicated (device-invariant); differentiating them directly would make JAX
   # psum the per-device gradients itself. Casting to device-varying gives each device the
   # gradient of its own shard's loss, which the explicit pmean then averages.
@@ -180,13 +181,13 @@ def update(
   grads = lax.pmean(grads, DATA_AXIS)
   metrics = lax.pmean(metrics, DATA_AXIS)
   model_state = lax.pmean(model_state, DATA_AXIS)
-  return _apply(tx, state, grads, metrics, model_state, config.get("log_grad_norm", True))
+  return _apply(tx, state, grads, metrics, model_state, grad_norm)
 
 
 def _apply(
   tx, state: TrainState, grads, metrics: dict, model_state, grad_norm: bool = True
 ) -> tuple[TrainState, dict]:
-  """The optimizer's update of `state` with averaged `grads`; the metrics gain `grad_norm`."""
+  """The optimizer's update of `state` with averaged `grads`; with `grad_norm`, its metric too."""
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   if grad_norm:
