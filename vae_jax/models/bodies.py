@@ -133,6 +133,20 @@ class ConvEncoder(nn.Module):
     return h
 
 
+def _dense_to_grid(decoder: nn.Module, h: jnp.ndarray) -> jnp.ndarray:
+  """A conv decoder's opening: `dense_sizes` reversed (ReLU), then a linear map to the grid.
+
+  The grid is the deepest feature map, `output_shape` divided by 2 ** len(features); the Dense
+  layers are created in `decoder`'s compact scope, so their names are the decoder's own.
+  """
+  height, width = decoder.output_shape[:2]
+  scale = 2 ** len(decoder.features)
+  start = (height // scale, width // scale, decoder.features[-1])
+  for size in reversed(decoder.dense_sizes):
+    h = nn.relu(dense(size, h, decoder.init_scheme)(h))
+  return dense(math.prod(start), h, decoder.init_scheme)(h).reshape((h.shape[0], *start))
+
+
 class ConvDecoder(nn.Module):
   """Mirror of `ConvEncoder`: dense layers, reshape, stride-2 transposed convolutions."""
 
@@ -146,13 +160,7 @@ class ConvDecoder(nn.Module):
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns per-pixel outputs [batch, *output_shape]."""
-    height, width = self.output_shape[:2]
-    scale = 2 ** len(self.features)
-    start = (height // scale, width // scale, self.features[-1])
-    h = _join(z, cond)
-    for size in reversed(self.dense_sizes):
-      h = nn.relu(dense(size, h, self.init_scheme)(h))
-    h = nn.relu(dense(math.prod(start), h, self.init_scheme)(h)).reshape((z.shape[0], *start))
+    h = nn.relu(_dense_to_grid(self, _join(z, cond)))
     for f in reversed(self.features[:-1]):
       h = nn.relu(_up(f, self.kernel_size, h, self.init_scheme, self.conv_impl)(h))
     return _to_output(_up, h, self.kernel_size, self.output_shape, self.init_scheme, self.conv_impl)
@@ -274,13 +282,7 @@ class ResNetDecoder(nn.Module):
   @nn.compact
   def __call__(self, z: jnp.ndarray, cond: jnp.ndarray | None = None) -> jnp.ndarray:
     """Returns per-pixel outputs [batch, *output_shape]."""
-    height, width = self.output_shape[:2]
-    scale = 2 ** len(self.features)
-    start = (height // scale, width // scale, self.features[-1])
-    h = _join(z, cond)
-    for size in reversed(self.dense_sizes):
-      h = nn.relu(dense(size, h, self.init_scheme)(h))
-    h = dense(math.prod(start), h, self.init_scheme)(h).reshape((z.shape[0], *start))
+    h = _dense_to_grid(self, _join(z, cond))
     widths = (self.features[0], *self.features[:-1])
     for i in reversed(range(len(self.features))):
       for _ in range(self.blocks):
