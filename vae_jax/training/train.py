@@ -16,7 +16,7 @@ from vae_jax.evaluation import summaries
 from vae_jax.evaluation.likelihood import bits_per_dim
 from vae_jax.losses import elbo
 from vae_jax.models import Model, build_model
-from vae_jax.training import loop, optimizer, preemption, steps
+from vae_jax.training import loop, optimizer, precision, preemption, steps
 from vae_jax.training import mesh as meshes
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.feed import Feed
@@ -177,12 +177,12 @@ def train_and_evaluate(
   if initial_step == 0:
     writer.write_hparams(configuration.flatten(config) | {"num_devices": mesh.size})
   logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
-  if config.get("dtype", "float32") != "float32" and jax.default_backend() == "cpu":
+  dtype = precision.compute_dtype(config)
+  if dtype != np.float32 and jax.default_backend() == "cpu":
     logging.warning(
-      "dtype=%s on CPU: usually slower than float32, and XLA:CPU sums bias gradients in %s "
+      "dtype=%s on CPU: usually slower than float32, and XLA:CPU sums bias gradients in it "
       "(see vae_jax/training/precision.py).",
-      config.dtype,
-      config.dtype,
+      dtype.name,
     )
   with preemption.StopSignals(stop_signals) as stop:
     eval_metrics, train_time = loop.run_loop(
