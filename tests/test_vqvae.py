@@ -268,6 +268,12 @@ def test_restart_needs_the_ema_codebook():
     configuration.validate(config, 1)
 
 
+def test_resnet_bodies_are_refused_rather_than_replaced_by_mlps():
+  configuration.validate(_config(**{"model.arch": "mlp"}), 1)
+  with pytest.raises(ConfigError, match="model.arch='resnet': VQ-VAE has 'mlp' and 'conv'"):
+    configuration.validate(_config(**{"model.arch": "resnet"}), 1)
+
+
 def test_mnist_vqvae_config_trains_end_to_end(dataset, tmp_path):
   config = importlib.import_module("configs.mnist_vqvae").get_config()
   config.update_from_flattened_dict(

@@ -182,7 +182,9 @@ class VQVAE(Model):
 
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:
-    """Sizes >= 1, a known update rule, decay in [0, 1), restarts only with 'ema'."""
+    """'mlp' or 'conv' bodies, sizes >= 1, a known update rule, decay in [0, 1), EMA restarts."""
+    arch = config.model.arch
+    require(arch in ("mlp", "conv"), f"model.arch={arch!r}: VQ-VAE has 'mlp' and 'conv' bodies.")
     c = config.model.vqvae
     for field in ("num_codes", "code_dim"):
       require(c[field] >= 1, f"model.vqvae.{field}={c[field]} must be >= 1.")
@@ -356,10 +358,7 @@ class VQVAE(Model):
   def generate(
     self, rng: jax.Array, num: int, y: jnp.ndarray | None = None, temperature: float = 1.0
   ) -> jnp.ndarray:
-    """Decoder outputs of `num` draws from the uniform prior: each position's code independently.
-
-    `temperature` does not apply to a uniform prior and is ignored.
-    """
+    """Decoder outputs of `num` uniform draws, each code independent (no temperature)."""
     del y, temperature
     codes = jax.random.randint(rng, (num, self.num_latents), 0, self.num_codes)
     return self._decode_vectors(self.codebook()[codes])
