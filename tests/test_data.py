@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, mnist_dir, synthetic_dataset
+from vae_jax import errors
 from vae_jax.data import DataError, EpochSampler, tfds_images
 from vae_jax.data.preprocess import preprocess
 
@@ -67,6 +68,7 @@ def test_missing_manual_dir_files_are_named(tmp_path):
   with pytest.raises(DataError, match="t10k-images-idx3-ubyte.gz") as e:
     tfds_images.prepare("mnist", str(tmp_path / "tfds"), str(tmp_path))
   assert "train-images" not in str(e.value).split("lacks")[1].split("needed")[0]
+  assert isinstance(e.value, errors.UserError)  # So every command prints it as one error line.
 
 
 def test_no_data_and_no_network_says_what_to_put_where(tmp_path, monkeypatch):

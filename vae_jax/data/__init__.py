@@ -10,7 +10,7 @@ import ml_collections
 from vae_jax.data import tfds_images
 from vae_jax.data.ground_truth import GroundTruthData, GroundTruthDataset
 from vae_jax.data.pipeline import ArrayDataset, EpochSampler, TrainStream
-from vae_jax.data.tfds_images import DataError
+from vae_jax.errors import DataError
 
 __all__ = [
   "ArrayDataset",

@@ -9,6 +9,7 @@ import numpy as np
 
 from vae_jax.data import tfds_images
 from vae_jax.data.ground_truth import GroundTruthData
+from vae_jax.errors import DataError
 
 _LABELS = (
   "label_shape",
@@ -45,7 +46,7 @@ class TFDSDSprites(GroundTruthData):
       self._bits[index] = np.packbits(chunk["image"][..., 0] > 0, axis=-1)
       self._present[index] = True
     if require_complete and not self._present.all():
-      raise tfds_images.DataError(
+      raise DataError(
         f"TFDS dsprites holds {self._present.sum()} of {self.num_combinations} factor "
         "combinations; re-prepare it from the original .hdf5 file."
       )

@@ -10,6 +10,8 @@ import tempfile
 
 import numpy as np
 
+from vae_jax.errors import DataError
+
 # Raw files TFDS expects in `manual_dir` for the datasets we know (it looks them up by URL name).
 _IDX_FILES = (
   "train-images-idx3-ubyte.gz",
@@ -30,10 +32,6 @@ MANUAL_FILES = {
     "identity_CelebA.txt",
   ),
 }
-
-
-class DataError(RuntimeError):
-  """Data are missing or unusable; the message says how to fix it."""
 
 
 def _network_available(host: str = "storage.googleapis.com", timeout: float = 2.0) -> bool:
