@@ -1,6 +1,8 @@
 """The IWAE Table 1 protocol: its schedule, k-sample objectives, two-layer model and cells."""
 
 import math
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -116,3 +118,14 @@ def test_a_stacked_cell_trains_with_k_samples(dataset, tmp_path, estimator):
   results = train.train_and_evaluate(config, str(tmp_path), mesh=mesh, dataset=dataset)
   assert np.isfinite(results["eval_loss"]) and results["eval_iwae"] >= results["eval_elbo"] - 1e-3
   assert {"eval_kl_layer_0", "eval_kl_layer_1"} <= set(results)
+
+
+def test_a_bad_epochs_flag_is_one_error_line_before_anything_is_written(tmp_path):
+  workdir = tmp_path / "cell"
+  command = [sys.executable, "-m", "experiments.iwae_table1.run", "train", "--cell=vae1_k1"]
+  done = subprocess.run(
+    [*command, f"--workdir={workdir}", "--epochs=3281"], capture_output=True, text=True
+  )
+  assert done.returncode == 1
+  assert done.stderr.strip().splitlines() == ["error: --epochs=3281 must be in [1, 3280]."]
+  assert not workdir.exists()

@@ -1,7 +1,7 @@
 """Trains and evaluates IWAE Table 1 cells, and collects them into a table.
 
   python -m experiments.iwae_table1.run train --cell=vae1_k1 --workdir=runs/iwae/vae1_k1 \
-      --manual_dir=../shared/data/mnist [--short] [--num_examples=N]
+      --manual_dir=../shared/data/mnist [--short] [--num_examples=N] [--epochs=N]
   python -m experiments.iwae_table1.run report --root=runs/iwae [--out=experiments/iwae_table1]
 
 `train` trains the cell with the project's loop (re-running it resumes from the newest checkpoint;
@@ -55,15 +55,19 @@ def active_units(run, num_examples: int, num_samples: int = 100) -> list[int]:
 
 def train_cell(args) -> dict:
   """Trains (or resumes) and evaluates one cell; returns what it writes to table1.json."""
+  config = table1.get_config("short" if args.short else "")
+  config.update_from_flattened_dict(table1.cell_overrides(args.cell))
+  if args.manual_dir:
+    config.data.manual_dir = args.manual_dir
+  if args.epochs is not None:
+    if not 1 <= args.epochs <= config.num_epochs:
+      sys.exit(f"error: --epochs={args.epochs} must be in [1, {config.num_epochs}].")
+    config.num_epochs = args.epochs  # The schedule's first epochs; the stages stay as they are.
   from vae_jax import cli, runs
   from vae_jax.evaluation import suite
   from vae_jax.training import preemption, train
 
   cli.hide_gpus_from_tensorflow()
-  config = table1.get_config("short" if args.short else "")
-  config.update_from_flattened_dict(table1.cell_overrides(args.cell))
-  if args.manual_dir:
-    config.data.manual_dir = args.manual_dir
   start = time.time()
   try:
     results = train.train_and_evaluate(config, args.workdir)
@@ -110,6 +114,7 @@ def main() -> None:
   cell.add_argument("--short", action="store_true")
   cell.add_argument("--iw_samples", type=int, default=5_000)
   cell.add_argument("--num_examples", type=int, default=None, help="Default: all 10,000.")
+  cell.add_argument("--epochs", type=int, default=None, help="Stop after the schedule's first N.")
   rep = sub.add_parser("report")
   rep.add_argument("--root", required=True)
   rep.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
