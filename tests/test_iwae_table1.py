@@ -124,7 +124,7 @@ def test_a_bad_epochs_flag_is_one_error_line_before_anything_is_written(tmp_path
   workdir = tmp_path / "cell"
   command = [sys.executable, "-m", "experiments.iwae_table1.run", "train", "--cell=vae1_k1"]
   done = subprocess.run(
-    [*command, f"--workdir={workdir}", "--epochs=3281"], capture_output=True, text=True
+    [*command, f"--workdir={workdir}", "--epochs=3281"], capture_output=True, text=True, timeout=120
   )
   assert done.returncode == 1
   assert done.stderr.strip().splitlines() == ["error: --epochs=3281 must be in [1, 3280]."]
