@@ -176,7 +176,6 @@ def train_and_evaluate(
   writer = program.members[0].writer
   if initial_step == 0:
     writer.write_hparams(configuration.flatten(config) | {"num_devices": mesh.size})
-  logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
   dtype = precision.compute_dtype(config)
   if dtype != np.float32 and jax.default_backend() == "cpu":
     logging.warning(
@@ -185,6 +184,8 @@ def train_and_evaluate(
       dtype.name,
     )
   with preemption.StopSignals(stop_signals) as stop:
+    # Logged once the handlers are in place: a supervisor may signal from this line on.
+    logging.info("Training %d steps (%d per epoch) on %d devices.", total_steps, spe, mesh.size)
     eval_metrics, train_time = loop.run_loop(
       program, initial_step, total_steps, loop.intervals(config, spe), stop
     )
