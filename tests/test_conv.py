@@ -152,6 +152,7 @@ def test_beta4_model_fast_path_gives_the_default_paths_loss_and_gradients():
     np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * float(jnp.max(jnp.abs(want))))
 
 
+@pytest.mark.slow
 def test_vmapped_over_members_like_the_vectorized_sweep():
   """Inputs and kernels both batched (a vectorized sweep's members): the VJPs still agree."""
   x, w = _normal(0, (2, 3, 8, 8, 4)), _normal(1, (2, 4, 4, 4, 5))

@@ -38,7 +38,7 @@ def test_device_batches_equal_the_host_batches(dataset, num_devices):
   np.testing.assert_array_equal(stacked["image"][1], labelled.batch(5)["image"])
 
 
-@pytest.mark.parametrize("per_dispatch", [1, 3])
+@pytest.mark.parametrize("per_dispatch", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_a_run_on_device_data_equals_the_host_pipeline_bitwise(dataset, tmp_path, per_dispatch):
   mesh = meshes.make_mesh(jax.devices()[:2])
   runs = {}

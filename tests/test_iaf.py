@@ -157,6 +157,7 @@ def test_a_few_steps_lower_the_loss(dataset):
   assert np.abs(np.asarray(made_kernel)).max() > 0  # The flow itself is trained.
 
 
+@pytest.mark.slow
 def test_mnist_iaf_config_trains_end_to_end(dataset, tmp_path):
   config = mnist_iaf.get_config()
   config.data.batch_size, config.data.eval_batch_size = 32, 40

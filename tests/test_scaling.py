@@ -48,6 +48,7 @@ def test_the_batch_losses_work_shrinks_with_the_device_count(dataset, overrides)
   assert four / one < 0.35, (one, four)
 
 
+@pytest.mark.slow
 def test_shipped_dsprites_configs_run_on_8_devices_with_their_default_batch_sizes(tmp_path):
   env = dict(os.environ, JAX_NUM_CPU_DEVICES="8")
   small = [

@@ -25,7 +25,7 @@ from vae_jax.training import steps
   "overrides",
   [
     {},
-    {"model.name": "cvae", "model.arch": "conv"},
+    pytest.param({"model.name": "cvae", "model.arch": "conv"}, marks=pytest.mark.slow),
     {"objective.free_bits": 0.3},
     {"objective.kl_penalty": "capacity", "objective.capacity_steps": 4},
     {"objective.estimator": "iwae", "objective.num_samples": 3},

@@ -357,6 +357,7 @@ def test_local_sweep_trains_skips_finished_members_and_reports(tmp_path, sweep_e
   assert f"| 4 | 1 | {results['beta=4,seed=0']['eval_loss']:.4g} |" in md
 
 
+@pytest.mark.slow
 def test_submitit_local_executor_trains_a_member(tmp_path, sweep_env):
   workdir = tmp_path / "w"
   config = _sweep_config(tmp_path, [2.0])

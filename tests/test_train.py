@@ -46,7 +46,7 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(dataset):
   "overrides,strict",
   [
     ({"model.name": "vae", "model.arch": "mlp", "objective.free_bits": 0.3}, True),
-    ({"model.name": "cvae", "model.arch": "conv"}, False),
+    pytest.param({"model.name": "cvae", "model.arch": "conv"}, False, marks=pytest.mark.slow),
     ({"objective.kl_penalty": "capacity", "objective.capacity_steps": 4}, True),
   ],
 )
@@ -114,7 +114,7 @@ def test_several_steps_per_execution_give_the_same_run(dataset, tmp_path):
     )
 
 
-@pytest.mark.parametrize("steps_per_execution", [1, 3])
+@pytest.mark.parametrize("steps_per_execution", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_resume_after_interruption_equals_an_uninterrupted_run(
   dataset, tmp_path, steps_per_execution
 ):
