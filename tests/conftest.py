@@ -2,7 +2,17 @@
 
 import os
 
-import jax
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The tests compile the same small programs over and over, in this process, in the other xdist
+# worker and in the subprocesses of end-to-end tests (which inherit the environment). JAX's
+# persistent compilation cache makes every repeat a disk read; it caches only executables, so
+# results are those of a fresh compile. Set JAX_COMPILATION_CACHE_DIR to move or share it.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(REPO, ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
+
+import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 4)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -14,8 +24,6 @@ import pytest  # noqa: E402
 from configs import default  # noqa: E402
 from vae_jax import configuration, models  # noqa: E402
 from vae_jax.data import ArrayDataset  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def synthetic_dataset(n_train: int = 256, n_test: int = 100, seed: int = 0) -> ArrayDataset:

@@ -148,6 +148,7 @@ def _untrained_run(workdir: str, config) -> None:
   ckpt.close()
 
 
+@pytest.mark.slow
 def test_disentanglement_of_a_ground_truth_run_through_the_cli(tmp_path):
   config = tiny_config(
     **{"data.name": "dsprites_procedural", "data.num_eval_examples": 40, "model.arch": "conv"}

@@ -274,6 +274,7 @@ def test_resnet_bodies_are_refused_rather_than_replaced_by_mlps():
     configuration.validate(_config(**{"model.arch": "resnet"}), 1)
 
 
+@pytest.mark.slow
 def test_mnist_vqvae_config_trains_end_to_end(dataset, tmp_path):
   config = importlib.import_module("configs.mnist_vqvae").get_config()
   config.update_from_flattened_dict(
