@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.iwae_table1 import config as table1
+from experiments.iwae_table1 import run
 from tests.conftest import tiny_config
 from vae_jax import configuration
 from vae_jax.data.spec import DataSpec
@@ -129,3 +130,13 @@ def test_a_bad_epochs_flag_is_one_error_line_before_anything_is_written(tmp_path
   assert done.returncode == 1
   assert done.stderr.strip().splitlines() == ["error: --epochs=3281 must be in [1, 3280]."]
   assert not workdir.exists()
+
+
+def test_the_seed_flag_sets_the_cells_seed_and_nothing_else():
+  command = ["train", "--cell=iwae2_k5", "--workdir=unused", "--short"]
+  default = run.cell_config(run.parser().parse_args(command))
+  seeded = run.cell_config(run.parser().parse_args([*command, "--seed=7"]))
+  assert seeded.seed == 7 and default.seed != 7
+  seeded.seed = default.seed
+  assert seeded.to_dict() == default.to_dict()
+  assert default.objective.num_samples == 5 and default.objective.estimator == "iwae"

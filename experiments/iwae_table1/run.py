@@ -1,7 +1,7 @@
 """Trains and evaluates IWAE Table 1 cells, and collects them into a table.
 
   python -m experiments.iwae_table1.run train --cell=vae1_k1 --workdir=runs/iwae/vae1_k1 \
-      --manual_dir=../shared/data/mnist [--short] [--num_examples=N] [--epochs=N]
+      --manual_dir=../shared/data/mnist [--short] [--num_examples=N] [--epochs=N] [--seed=S]
   python -m experiments.iwae_table1.run report --root=runs/iwae [--out=experiments/iwae_table1]
 
 `train` trains the cell with the project's loop (re-running it resumes from the newest checkpoint;
@@ -53,8 +53,8 @@ def active_units(run, num_examples: int, num_samples: int = 100) -> list[int]:
   return [int((np.var(m, axis=0) > 0.01).sum()) for m in layers]
 
 
-def train_cell(args) -> dict:
-  """Trains (or resumes) and evaluates one cell; returns what it writes to table1.json."""
+def cell_config(args):
+  """The cell's config with the command line's overrides; exits with one error line if bad."""
   config = table1.get_config("short" if args.short else "")
   config.update_from_flattened_dict(table1.cell_overrides(args.cell))
   if args.manual_dir:
@@ -63,6 +63,14 @@ def train_cell(args) -> dict:
     if not 1 <= args.epochs <= config.num_epochs:
       sys.exit(f"error: --epochs={args.epochs} must be in [1, {config.num_epochs}].")
     config.num_epochs = args.epochs  # The schedule's first epochs; the stages stay as they are.
+  if args.seed is not None:
+    config.seed = args.seed
+  return config
+
+
+def train_cell(args) -> dict:
+  """Trains (or resumes) and evaluates one cell; returns what it writes to table1.json."""
+  config = cell_config(args)
   from vae_jax import cli, runs
   from vae_jax.evaluation import suite
   from vae_jax.training import preemption, train
@@ -103,8 +111,8 @@ def train_cell(args) -> dict:
   return record
 
 
-def main() -> None:
-  """Parses the command line and runs `train` or `report`."""
+def parser() -> argparse.ArgumentParser:
+  """The command line of `train` and `report`."""
   parser = argparse.ArgumentParser(description=__doc__)
   sub = parser.add_subparsers(dest="command", required=True)
   cell = sub.add_parser("train")
@@ -115,11 +123,17 @@ def main() -> None:
   cell.add_argument("--iw_samples", type=int, default=5_000)
   cell.add_argument("--num_examples", type=int, default=None, help="Default: all 10,000.")
   cell.add_argument("--epochs", type=int, default=None, help="Stop after the schedule's first N.")
+  cell.add_argument("--seed", type=int, default=None, help="config.seed (default: the config's).")
   rep = sub.add_parser("report")
   rep.add_argument("--root", required=True)
   rep.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
   rep.add_argument("--name", default="table1")
-  args = parser.parse_args()
+  return parser
+
+
+def main() -> None:
+  """Parses the command line and runs `train` or `report`."""
+  args = parser().parse_args()
   if args.command == "train":
     print(json.dumps(train_cell(args), indent=2))
   else:
