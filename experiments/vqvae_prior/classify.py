@@ -9,8 +9,10 @@ its test accuracy, then draws `--num_samples` prior samples (decoded means, the 
 `generate`, keyed as `vae_jax.tools sample` keys them) from each run and reports the share the
 classifier labels with a softmax confidence above `--confidence`, with the confident samples'
 class counts (a prior that draws one digit well would pass the share but not the counts), at
-each of `--temperatures` (the same keys at every temperature). A VQ-VAE run samples uniform codes
-and ignores the temperature; a vqvae_prior run samples its PixelCNN, the logits divided by it.
+each of `--temperatures` (the same keys at every temperature). The same share for the run's
+reconstructions of the first `--num_samples` test images bounds what its decoder allows. A
+VQ-VAE run samples uniform codes and ignores the temperature; a vqvae_prior run samples its
+PixelCNN, the logits divided by it.
 
 This is an experiment's yardstick, not a library metric: the project's feature network for
 sample-quality metrics lives elsewhere.
@@ -121,7 +123,11 @@ def main() -> None:
   overrides = {"data.manual_dir": args.manual_dir} if args.manual_dir else None
   for workdir in args.runs.split(","):
     run = common.open_run(workdir, overrides=overrides)
-    report["runs"][workdir] = {}
+    inputs = data.test_images[: args.num_samples].astype(np.float32) / 255.0
+    recon = common.inference(run).reconstruct(inputs)
+    report["runs"][workdir] = {
+      "test_reconstructions": confident(probabilities(params, recon), args.confidence)
+    }
     for t in args.temperatures.split(","):
       samples = prior_samples(run, args.num_samples, args.seed, float(t))
       scores = confident(probabilities(params, samples), args.confidence)
