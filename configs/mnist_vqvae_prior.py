@@ -1,8 +1,9 @@
 """PixelCNN prior over the codes of a trained MNIST VQ-VAE (configs/mnist_vqvae.py).
 
 The second training stage: `--config.model.vqvae_prior.vqvae_workdir=<the VQ-VAE run>`. A gated
-PixelCNN (8 layers of 64 channels, 3-wide kernels) models the 7x7 grid of K=512 codes; 5 epochs of
-Adam with a cosine decay from 2e-3 (200 warm-up steps). The data and likelihood fields are the
+PixelCNN (8 layers of 64 channels, 3-wide kernels) models the 7x7 grid of K=512 codes; 20 epochs
+of Adam with a cosine decay from 2e-3 (200 warm-up steps): 2.37 bits/code on the test codes, against
+2.42 after 5 epochs (README, Models). The data and likelihood fields are the
 defaults, as in the VQ-VAE's config, and must match its run.
 """
 
@@ -18,5 +19,5 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.learning_rate = 2e-3
   config.optimizer.schedule = "cosine"
   config.optimizer.warmup_steps = 200
-  config.num_epochs = 5
+  config.num_epochs = 20
   return config
