@@ -3,6 +3,7 @@
 import math
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -140,3 +141,23 @@ def test_the_seed_flag_sets_the_cells_seed_and_nothing_else():
   seeded.seed = default.seed
   assert seeded.to_dict() == default.to_dict()
   assert default.objective.num_samples == 5 and default.objective.estimator == "iwae"
+
+
+def test_active_units_count_units_whose_posterior_mean_moves_with_x(dataset):
+  _, model, model_vars, *_ = _stacked()
+  params = jax.tree.map(jnp.zeros_like, model_vars["params"])
+  params = {
+    **model_vars["params"],
+    "q_heads_0": params["q_heads_0"],
+    "q_heads_1": params["q_heads_1"],
+  }
+  kernel = params["q_heads_0"]["Dense_0"]["kernel"]
+  params["q_heads_0"] = {"Dense_0": {"bias": kernel[0] * 0, "kernel": kernel.at[:, 0].set(3.0)}}
+  # Unit 0 of layer 0 follows x; every other unit's posterior is N(0, 1) whatever x is.
+  fake_run = types.SimpleNamespace(
+    model=model,
+    model_vars={"params": params},
+    dataset=types.SimpleNamespace(test_images=dataset.test_images),
+    config=types.SimpleNamespace(seed=0),
+  )
+  assert run.active_units(fake_run, num_examples=64) == [1, 0]

@@ -139,7 +139,8 @@ class StackedVAE(Model):
     Returns:
       The decoder output, the top layer's sample `z`, the joint `log_q_z` and `log_p_z` over the
       layers, `extra_terms` with each layer's Monte Carlo KL `kl_layer_<i>`, and in `stats` the
-      top layer's posterior `mu`, `logvar` and every layer's sample `z_layer_<i>` (bottom first).
+      top layer's posterior `mu`, `logvar`, every layer's sample `z_layer_<i>` (bottom first) and
+      its posterior mean `mu_layer_<i>` given the sample below.
     """
     del y
     dims = self.latent_dims
@@ -166,6 +167,7 @@ class StackedVAE(Model):
         "mu": posts[-1][0],
         "logvar": posts[-1][1],
         **{f"z_layer_{i}": z for i, z in enumerate(zs)},
+        **{f"mu_layer_{i}": post[0] for i, post in enumerate(posts)},
       },
     )
 
