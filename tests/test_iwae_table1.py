@@ -151,8 +151,8 @@ def test_active_units_count_units_whose_posterior_mean_moves_with_x(dataset):
     "q_heads_0": params["q_heads_0"],
     "q_heads_1": params["q_heads_1"],
   }
-  kernel = params["q_heads_0"]["Dense_0"]["kernel"]
-  params["q_heads_0"] = {"Dense_0": {"bias": kernel[0] * 0, "kernel": kernel.at[:, 0].set(3.0)}}
+  head = params["q_heads_0"]["Dense_0"]
+  head["kernel"] = head["kernel"].at[:, 0].set(3.0)
   # Unit 0 of layer 0 follows x; every other unit's posterior is N(0, 1) whatever x is.
   fake_run = types.SimpleNamespace(
     model=model,
