@@ -4,11 +4,13 @@
 
 Times (a) the jitted train step as the trainer builds it (`steps.make_train_step`) with the conv
 bodies' `conv_impl='phase'` (what 'auto' picks on CPU), (b) the same step with `conv_impl='xla'`,
-and (c) the same architecture in PyTorch (eager, CPU, default threads): four 4x4 stride-2 convs of
+and (c) the same architecture in PyTorch (eager, default threads): four 4x4 stride-2 convs of
 32 channels with padding 1, dense 256-256, a 10-d Gaussian latent, the mirrored decoder with
 transposed convs, Bernoulli likelihood (BCE with logits summed per image, batch mean), KL weighted
-by beta, Adam. The batch (64 images) stays in memory. Rounds alternate the three in random order
-so that load on a shared machine hits all alike; prints the median ms per step and the ratios.
+by beta, Adam (on the GPU where PyTorch sees one). On an accelerator (d) is the XLA step with
+`config.dtype='bfloat16'`. The batch (64 images) stays in memory. Rounds alternate the variants in
+random order so that load on a shared machine hits all alike; prints the median ms per step and
+the ratios.
 """
 
 import argparse
@@ -62,6 +64,7 @@ def torch_step(config, images: np.ndarray):
   from torch.nn import functional as F
 
   torch.manual_seed(0)
+  device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   c, k, z = 32, config.model.conv_kernel_size, config.model.latent_dim
 
   def down(cin):
@@ -78,9 +81,10 @@ def torch_step(config, images: np.ndarray):
     nn.Linear(z, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, c * 16),
     nn.ReLU(), nn.Unflatten(1, (c, 4, 4)), *up(c), *up(c), *up(c), *up(1, relu=False),
   )  # fmt: skip
+  encoder, decoder = encoder.to(device), decoder.to(device)
   params = [*encoder.parameters(), *decoder.parameters()]
   opt = torch.optim.Adam(params, lr=config.optimizer.learning_rate)
-  x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
+  x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0).to(device)
   beta = config.objective.beta
 
   def run():
@@ -93,10 +97,18 @@ def torch_step(config, images: np.ndarray):
     loss = rec + beta * kl
     loss.backward()
     opt.step()
-    return loss.item()
+    return loss.detach()
 
   run()
   return run
+
+
+def _wait(out) -> None:
+  """Blocks until `out` (a JAX array, or a PyTorch tensor) has been computed."""
+  if isinstance(out, jax.Array):
+    jax.block_until_ready(out)
+  else:
+    out.item()
 
 
 def measure(rounds: int = 10, steps_per_round: int = 5) -> dict:
@@ -105,6 +117,10 @@ def measure(rounds: int = 10, steps_per_round: int = 5) -> dict:
   rng = np.random.default_rng(0)
   images = (rng.random((config.data.batch_size, *SHAPE)) < 0.1).astype(np.uint8) * 255
   variants = {"phase": jax_step(config, "phase", images), "xla": jax_step(config, "xla", images)}
+  if jax.default_backend() != "cpu":
+    bf16 = beta4.get_config()
+    bf16.dtype = "bfloat16"
+    variants["xla_bf16"] = jax_step(bf16, "xla", images)
   with contextlib.suppress(ImportError):  # PyTorch is optional (not on every GPU host).
     variants["torch"] = torch_step(config, images)
   times = {name: [] for name in variants}
@@ -114,7 +130,7 @@ def measure(rounds: int = 10, steps_per_round: int = 5) -> dict:
       start = time.perf_counter()
       for _ in range(steps_per_round):
         out = run()
-      jax.block_until_ready(out)
+      _wait(out)
       times[name].append((time.perf_counter() - start) / steps_per_round * 1e3)
   result = {f"{name}_ms": float(np.median(t)) for name, t in times.items()}
   result.update({f"{name}_min_ms": float(min(t)) for name, t in times.items()})
@@ -134,7 +150,7 @@ def main() -> None:
     f"beta4 train step, batch {r['batch_size']}, backend {jax.default_backend()}, "
     f"{args.rounds} rounds x {args.steps} steps"
   )
-  for name in ("phase", "xla", "torch"):
+  for name in ("phase", "xla", "xla_bf16", "torch"):
     if f"{name}_ms" in r:
       print(f"{name:<6} median {r[name + '_ms']:8.2f} ms  min {r[name + '_min_ms']:8.2f} ms")
   print(f"phase over xla: {r['xla_ms'] / r['phase_ms']:.2f}x")

@@ -25,11 +25,11 @@ from experiments.iwae_table1 import config as table1
 def images(manual_dir: str | None) -> np.ndarray:
   """MNIST training images from `manual_dir`, or random uint8 images of MNIST's shape."""
   if manual_dir:
-    from vae_jax.data import load_dataset
+    from benchmarks.mnist_idx import mnist_dataset
 
     config = table1.get_config()
     config.data.manual_dir = manual_dir
-    return load_dataset(config.data).train_images
+    return mnist_dataset(config.data).train_images
   return np.random.default_rng(0).integers(0, 256, (60_000, 28, 28, 1), np.uint8)
 
 

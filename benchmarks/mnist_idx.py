@@ -1,4 +1,9 @@
-"""Reads the original MNIST IDX files (the same bytes TFDS prepares from) into NumPy arrays."""
+"""Reads the original MNIST IDX files (the same bytes TFDS prepares from) into NumPy arrays.
+
+`mnist_dataset` is what the benchmarks train on: TFDS's `mnist` (as a run loads it) where
+`tensorflow_datasets` is installed, else the IDX files read here (same images, file order). The
+fallback is for accelerator images that carry JAX but not TensorFlow.
+"""
 
 import gzip
 import os
@@ -22,3 +27,24 @@ def load_mnist(manual_dir: str) -> dict[str, np.ndarray]:
     "test_labels": "t10k-labels-idx1-ubyte.gz",
   }
   return {k: read_idx(os.path.join(manual_dir, v)) for k, v in names.items()}
+
+
+def mnist_dataset(data_config):
+  """The MNIST `ArrayDataset` of `data_config`: through TFDS where installed, else the IDX files."""
+  from vae_jax.data import ArrayDataset, load_dataset
+
+  try:
+    import tensorflow_datasets  # noqa: F401
+  except ImportError:
+    data = load_mnist(data_config.manual_dir)
+    print(
+      f"tensorflow_datasets not installed: MNIST read from {data_config.manual_dir}'s IDX files"
+    )
+    return ArrayDataset(
+      data["train_images"][..., None],
+      data["train_labels"].astype(np.int32),
+      data["test_images"][..., None],
+      data["test_labels"].astype(np.int32),
+      10,
+    )
+  return load_dataset(data_config)

@@ -13,6 +13,7 @@ machine drifts over minutes, and alternation lets the drift hit every run alike.
 """
 
 import argparse
+import contextlib
 import json
 import tempfile
 import time
@@ -35,15 +36,15 @@ def input_pipeline_rate(dataset, batch_size: int, seed: int, steps: int = 2000) 
 
 
 def run_vae_jax(manual_dir: str, epochs: int, workdir: str, data_dir: str) -> dict:
+  from benchmarks.mnist_idx import mnist_dataset
   from configs import mnist_mlp
-  from vae_jax.data import load_dataset
   from vae_jax.training import train
 
   config = mnist_mlp.get_config()
   config.data.manual_dir = manual_dir
   config.data.data_dir = data_dir
   config.num_epochs = epochs
-  dataset = load_dataset(config.data)
+  dataset = mnist_dataset(config.data)
   pipeline = input_pipeline_rate(dataset, config.data.batch_size, config.seed)
   results = train.train_and_evaluate(config, workdir, dataset=dataset)
   steps_per_epoch = len(dataset.train_images) // config.data.batch_size
@@ -74,9 +75,10 @@ def measure(
   manual_dir: str, epochs: int, repeats: int = 1, references: tuple = ("torch_tensor",)
 ) -> dict[str, list[dict]]:
   """Each run's figures per repeat: vae_jax and the PyTorch `references` that can run here."""
-  import tensorflow as tf
+  with contextlib.suppress(ImportError):  # TF reads data only; keep it off the accelerators.
+    import tensorflow as tf
 
-  tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "GPU")
   names = ["vae_jax"] + (list(references) if _have_torch() else [])
   runs = {name: [] for name in names}
   with tempfile.TemporaryDirectory() as workdir:

@@ -17,8 +17,10 @@ Sections (each a ratio measured within this run, so machine load hits both sides
   (`benchmarks.sweep_throughput`).
 
 Prints a markdown table (paste it into README) and writes every raw figure to `--out`. PyTorch
-rows are skipped where torch is not installed. `--quick` shortens every section (about 4 minutes
-on a GPU host, most of it compilation); no section downloads anything.
+rows are skipped where torch is not installed. `--quick` shortens every section; no section
+downloads anything. On one H200 (2026-12-04) the full `mnist,beta4,iwae` sections took 136 s and
+`--only=sweep --quick` 132 s, most of it compilation. Without `tensorflow_datasets`, MNIST is read
+from the IDX files in `--manual_dir` (`benchmarks.mnist_idx.mnist_dataset`).
 """
 
 import argparse
@@ -71,7 +73,8 @@ def beta4(args) -> list[dict]:
   """The beta4 conv train step against PyTorch with the same architecture."""
   from benchmarks import conv_step
 
-  result = conv_step.measure(rounds=3 if args.quick else 10)
+  per_round = 5 if jax.default_backend() == "cpu" else 50  # A GPU step takes milliseconds.
+  result = conv_step.measure(rounds=3 if args.quick else 10, steps_per_round=per_round)
   rows = [
     _row(
       "beta4 train step (batch 64), ms vs the same step with XLA's default convs",
@@ -81,6 +84,16 @@ def beta4(args) -> list[dict]:
       ratio=result["xla_ms"] / result["vae_jax_ms"],
     )
   ]
+  if "xla_bf16_ms" in result:
+    rows.append(
+      _row(
+        "beta4 train step (batch 64), ms with config.dtype='bfloat16' vs float32",
+        result["xla_bf16_ms"],
+        result["xla_ms"],
+        "ms",
+        ratio=result["xla_ms"] / result["xla_bf16_ms"],
+      )
+    )
   if "torch_ms" in result:
     rows.append(
       _row(
