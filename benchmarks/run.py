@@ -7,7 +7,8 @@ Sections (each a ratio measured within this run, so machine load hits both sides
 
 * `mnist`: the whole `configs/mnist_mlp.py` run (compile, input pipeline and logging included,
   evaluation excluded) against the seeds' PyTorch VAE with an in-memory loader
-  (`benchmarks.mnist_throughput`), median of alternating repeats; also seconds per epoch.
+  (`benchmarks.mnist_throughput`), median of alternating repeats; also seconds per epoch, with
+  and without the first epoch (which holds the compilation).
 * `beta4`: the `configs/beta4.py` train step against PyTorch with the same architecture
   (`benchmarks.conv_step`).
 * `iwae`: the IWAE protocol's step (`experiments/iwae_table1`, batch 20) in vae_jax's trainer
@@ -43,13 +44,23 @@ def mnist(args) -> list[dict]:
   jax_rate = np.median([r["train_examples_per_sec"] for r in runs["vae_jax"]])
   rows = [
     _row(
-      f"mnist_mlp {epochs}-epoch run, seconds per epoch",
+      f"mnist_mlp {epochs}-epoch run, seconds per epoch (compilation included)",
       np.median([r["epoch_sec"] for r in runs["vae_jax"]]),
       None,
       "s",
-      target="<= 0.1 s on one H200",
     )
   ]
+  steady = [r["steady_epoch_sec"] for r in runs["vae_jax"] if r["steady_epoch_sec"]]
+  if steady:
+    rows.append(
+      _row(
+        "mnist_mlp seconds per epoch after the first (compiled)",
+        float(np.median(steady)),
+        None,
+        "s",
+        target="<= 0.1 s on one H200",
+      )
+    )
   if "torch_tensor" in runs:
     ratios = [
       j["train_examples_per_sec"] / t["train_examples_per_sec"]

@@ -93,6 +93,19 @@ def test_dispatches_end_at_logging_evaluation_and_checkpoint_steps():
   assert loop.dispatch_end(0, 1, 20, (5,)) == 1
 
 
+def test_steady_rate_leaves_out_the_first_evaluation_interval(dataset, tmp_path):
+  timing = loop.TrainTime(total=10.0, first=4.0, first_steps=10)
+  assert timing.steady_examples_per_sec(40, 8) == 30 * 8 / 6.0
+  assert loop.TrainTime(total=2.0, first=2.0, first_steps=5).steady_examples_per_sec(5, 8) is None
+  assert loop.TrainTime(total=2.0).steady_examples_per_sec(5, 8) is None
+  # 8 steps, evaluations at 4 and 8: the compilation is in the first interval only.
+  results = train.train_and_evaluate(tiny_config(), str(tmp_path), mesh=_mesh(1), dataset=dataset)
+  assert results["train_steady_examples_per_sec"] > 2 * results["train_examples_per_sec"]
+  once = tiny_config(eval_every_steps=8)
+  results = train.train_and_evaluate(once, str(tmp_path / "once"), mesh=_mesh(1), dataset=dataset)
+  assert results["train_steady_examples_per_sec"] is None
+
+
 def test_several_steps_per_execution_give_the_same_run(dataset, tmp_path):
   # 3 steps per dispatch with logging, evaluation and checkpoints every 4: dispatches of 3, 1, 3, 1.
   config = tiny_config(**{"data.binarize": "dynamic"})

@@ -4,7 +4,9 @@ A `Program` knows how to train steps [start, end) on the device and how to evalu
 each member's state; `run_loop` drives it: dispatches cut at logging, evaluation and checkpoint
 steps, progress reports, logged train metrics, the non-finite-loss check, evaluations with their
 TensorBoard scalars, images and history, checkpoints, and the training time, which counts every
-dispatched step (the wait at log steps included) and leaves out evaluation and checkpoint saves.
+dispatched step (the wait at log steps included) and leaves out evaluation and checkpoint saves;
+it is also kept without the first evaluation interval, where the programs compile, as the steady
+rate a long run sees.
 """
 
 import dataclasses
@@ -84,6 +86,27 @@ class Intervals:
   def as_tuple(self) -> tuple[int, int, int]:
     """(log, eval, checkpoint)."""
     return (self.log, self.eval, self.checkpoint)
+
+
+@dataclasses.dataclass
+class TrainTime:
+  """Seconds spent training, evaluation and checkpoint saves left out.
+
+  Attributes:
+    total: the whole run's.
+    first: up to the run's first evaluation (compiling included), or None before it.
+    first_steps: the steps trained by then.
+  """
+
+  total: float = 0.0
+  first: float | None = None
+  first_steps: int = 0
+
+  def steady_examples_per_sec(self, trained_steps: int, batch_size: int) -> float | None:
+    """Examples/s after the first evaluation interval; None when nothing was trained after it."""
+    if self.first is None or trained_steps <= self.first_steps or self.total <= self.first:
+      return None
+    return (trained_steps - self.first_steps) * batch_size / (self.total - self.first)
 
 
 def every(value: int, steps_per_epoch: int) -> int:
@@ -220,7 +243,7 @@ def run_loop(
   total_steps: int,
   every_: Intervals,
   stop: preemption.StopSignals | None = None,
-) -> tuple[list[dict], float]:
+) -> tuple[list[dict], TrainTime]:
   """Trains from `initial_step` to `total_steps` with the periodic actions.
 
   Args:
@@ -231,12 +254,12 @@ def run_loop(
     stop: signals that, between dispatches, save a checkpoint and raise `preemption.Stopped`.
 
   Returns:
-    (each member's last eval metrics, training time in seconds).
+    (each member's last eval metrics, the training time).
   """
   writer = metric_writers.MultiWriter([m.writer for m in program.members])
   report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   window, pending, unlogged = DispatchWindow(), None, 0
-  eval_metrics, other_time = None, 0.0
+  eval_metrics, other_time, timing = None, 0.0, TrainTime()
   start = time.perf_counter()
   done = initial_step
   while done < total_steps:
@@ -255,6 +278,8 @@ def run_loop(
     if due_eval or due_save:
       program.block()
       t0 = time.perf_counter()
+      if due_eval and timing.first is None:
+        timing.first, timing.first_steps = t0 - start - other_time, done - initial_step
       pending = _log_pending(program, pending)
       if due_eval:
         with report.timed("eval"):
@@ -268,11 +293,11 @@ def run_loop(
       _log_pending(program, pending)
       _stop(program, done, unlogged, signum)
   program.block()
-  train_time = time.perf_counter() - start - other_time
+  timing.total = time.perf_counter() - start - other_time
   _log_pending(program, pending)
   if eval_metrics is None:
     eval_metrics = _evaluate(program, total_steps)
-  return eval_metrics, train_time
+  return eval_metrics, timing
 
 
 def finish(
@@ -280,7 +305,7 @@ def finish(
   eval_metrics: list[dict],
   total_steps: int,
   trained_steps: int,
-  train_time: float,
+  train_time: TrainTime,
   num_devices: int,
 ) -> list[dict]:
   """Closes each member's checkpoints and writer and writes its results.json; returns them."""
@@ -289,12 +314,13 @@ def finish(
     member.checkpointer.close()
     member.writer.flush()
     batch = member.config.data.batch_size
-    rate = trained_steps * batch / train_time if trained_steps else None
+    rate = trained_steps * batch / train_time.total if trained_steps else None
     record = {
       "step": total_steps,
       **result_scalars("eval_", metrics),
       "train_examples_per_sec": rate,
-      "train_time_sec": train_time,
+      "train_time_sec": train_time.total,
+      "train_steady_examples_per_sec": train_time.steady_examples_per_sec(trained_steps, batch),
       "num_devices": num_devices,
       "target": runs.run_length(member.config),
     }
