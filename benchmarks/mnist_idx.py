@@ -20,13 +20,12 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def load_mnist(manual_dir: str) -> dict[str, np.ndarray]:
-  names = {
-    "train_images": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_images": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
-  }
-  return {k: read_idx(os.path.join(manual_dir, v)) for k, v in names.items()}
+  """The four arrays of the IDX files TFDS prepares `mnist` from (`tfds_images.MANUAL_FILES`)."""
+  from vae_jax.data.tfds_images import MANUAL_FILES
+
+  keys = ("train_images", "train_labels", "test_images", "test_labels")
+  files = MANUAL_FILES["mnist"]
+  return {k: read_idx(os.path.join(manual_dir, f)) for k, f in zip(keys, files, strict=True)}
 
 
 def mnist_dataset(data_config):

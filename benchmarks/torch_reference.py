@@ -50,13 +50,13 @@ def run(
   torch.manual_seed(seed)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   data = load_mnist(manual_dir)
+  flat = data["train_images"].reshape(-1, 784).astype(np.float32) / 255.0
   if pipeline == "pil":
     train = DataLoader(_pil_dataset(data["train_images"]), batch_size, shuffle=True)
   elif device.type == "cpu":
-    flat = data["train_images"].reshape(-1, 784).astype(np.float32) / 255.0
     train = DataLoader(TensorDataset(torch.from_numpy(flat)), batch_size, shuffle=True)
   else:
-    train = _DeviceBatches(data["train_images"], batch_size, device)
+    train = _DeviceBatches(flat, batch_size, device)
   test = DataLoader(_pil_dataset(data["test_images"]), 1000)
 
   class VAE(nn.Module):
@@ -106,12 +106,11 @@ def run(
 
 
 class _DeviceBatches:
-  """Shuffled batches of the whole training set held on `device`, sliced there each epoch."""
+  """Shuffled batches of the flattened [N, 784] training set held on `device`, sliced there."""
 
-  def __init__(self, images: np.ndarray, batch_size: int, device):
+  def __init__(self, flat: np.ndarray, batch_size: int, device):
     import torch
 
-    flat = images.reshape(-1, 784).astype(np.float32) / 255.0
     self.data, self.batch_size, self.device = torch.from_numpy(flat).to(device), batch_size, device
 
   def __iter__(self):
