@@ -102,6 +102,11 @@ class TrainTime:
   first: float | None = None
   first_steps: int = 0
 
+  def evaluated(self, seconds: float, steps: int) -> None:
+    """Records an evaluation after `seconds` of training and `steps` steps (the first counts)."""
+    if self.first is None:
+      self.first, self.first_steps = seconds, steps
+
   def steady_examples_per_sec(self, trained_steps: int, batch_size: int) -> float | None:
     """Examples/s after the first evaluation interval; None when nothing was trained after it."""
     if self.first is None or trained_steps <= self.first_steps or self.total <= self.first:
@@ -256,12 +261,11 @@ def run_loop(
   Returns:
     (each member's last eval metrics, the training time).
   """
-  writer = metric_writers.MultiWriter([m.writer for m in program.members])
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  writers = metric_writers.MultiWriter([m.writer for m in program.members])
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writers)
   window, pending, unlogged = DispatchWindow(), None, 0
   eval_metrics, other_time, timing = None, 0.0, TrainTime()
-  start = time.perf_counter()
-  done = initial_step
+  start, done = time.perf_counter(), initial_step
   while done < total_steps:
     step = done
     done = dispatch_end(step, program.steps_per_dispatch, total_steps, every_.as_tuple())
@@ -278,8 +282,8 @@ def run_loop(
     if due_eval or due_save:
       program.block()
       t0 = time.perf_counter()
-      if due_eval and timing.first is None:
-        timing.first, timing.first_steps = t0 - start - other_time, done - initial_step
+      if due_eval:
+        timing.evaluated(t0 - start - other_time, done - initial_step)
       pending = _log_pending(program, pending)
       if due_eval:
         with report.timed("eval"):
