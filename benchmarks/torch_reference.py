@@ -50,13 +50,14 @@ def run(
   torch.manual_seed(seed)
   device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
   data = load_mnist(manual_dir)
-  flat = data["train_images"].reshape(-1, 784).astype(np.float32) / 255.0
   if pipeline == "pil":
     train = DataLoader(_pil_dataset(data["train_images"]), batch_size, shuffle=True)
-  elif device.type == "cpu":
-    train = DataLoader(TensorDataset(torch.from_numpy(flat)), batch_size, shuffle=True)
   else:
-    train = _DeviceBatches(flat, batch_size, device)
+    flat = data["train_images"].reshape(-1, 784).astype(np.float32) / 255.0
+    if device.type == "cpu":
+      train = DataLoader(TensorDataset(torch.from_numpy(flat)), batch_size, shuffle=True)
+    else:
+      train = _DeviceBatches(flat, batch_size, device)
   test = DataLoader(_pil_dataset(data["test_images"]), 1000)
 
   class VAE(nn.Module):

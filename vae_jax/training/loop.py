@@ -261,8 +261,8 @@ def run_loop(
   Returns:
     (each member's last eval metrics, the training time).
   """
-  writers = metric_writers.MultiWriter([m.writer for m in program.members])
-  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writers)
+  writer = metric_writers.MultiWriter([m.writer for m in program.members])
+  report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
   window, pending, unlogged = DispatchWindow(), None, 0
   eval_metrics, other_time, timing = None, 0.0, TrainTime()
   start, done = time.perf_counter(), initial_step
@@ -282,10 +282,9 @@ def run_loop(
     if due_eval or due_save:
       program.block()
       t0 = time.perf_counter()
-      if due_eval:
-        timing.evaluated(t0 - start - other_time, done - initial_step)
       pending = _log_pending(program, pending)
       if due_eval:
+        timing.evaluated(t0 - start - other_time, done - initial_step)
         with report.timed("eval"):
           eval_metrics = _evaluate(program, done)
       if due_save:
