@@ -74,14 +74,18 @@ def _prior_config(vqvae_dir: str, **overrides):
   )
 
 
-@pytest.fixture(scope="module")
-def prior(vqvae_dir, data):
+def prior_of(vqvae_dir, data):
   """The prior model on the tiny VQ-VAE and freshly initialised variables."""
   config = _prior_config(vqvae_dir)
   model = build_model(config.model, data.spec)
   x = jnp.zeros((2, *data.image_shape))
   model_vars = jax.jit(model.init)(jax.random.key(0), x, jax.random.split(jax.random.key(1), 2))
   return config, model, model_vars
+
+
+@pytest.fixture(scope="module")
+def prior(vqvae_dir, data):
+  return prior_of(vqvae_dir, data)
 
 
 def _influence(stack: pixelcnn.GatedStack, grid: tuple[int, int], c: int) -> np.ndarray:
@@ -108,6 +112,50 @@ def test_pixelcnn_is_causal_and_has_no_blind_spot():
   # vertical stack does from layer 2 on.
   assert not one[16, 11] and two[16, 11]
   np.testing.assert_array_equal(np.nonzero(one[16])[0], [1, 2, 3, 8, 9, 10, 14, 15])
+
+
+def test_example_dropout_keeps_the_expectation_and_ignores_the_batch():
+  x = jnp.ones((3, 200, 50))
+  keys = jax.random.split(jax.random.key(0), 3)
+  out = np.asarray(pixelcnn.example_dropout(x, keys, 0.2))
+  assert set(np.unique(out)) == {0.0, 1.25}
+  np.testing.assert_allclose((out == 0).mean(), 0.2, atol=0.01)
+  np.testing.assert_allclose(out.mean(), 1.0, atol=0.02)
+  alone = pixelcnn.example_dropout(x[1:2], keys[1:2], 0.2)
+  np.testing.assert_array_equal(alone[0], out[1])
+  assert not np.array_equal(out[0], out[1])
+
+
+def test_dropout_is_causal_per_example_and_off_without_keys():
+  grid, c = (5, 5), 4
+  stack = pixelcnn.GatedStack(3, features=c, num_layers=4, head_features=64, dropout=0.5)
+  plain = pixelcnn.GatedStack(3, features=c, num_layers=4, head_features=64)
+  e = jax.random.normal(jax.random.key(0), (3, *grid, c))
+  params = stack.init(jax.random.key(1), e)
+  keys = jax.random.split(jax.random.key(2), 3)
+  np.testing.assert_array_equal(stack.apply(params, e), plain.apply(params, e))
+  dropped = stack.apply(params, e, keys)
+  assert np.abs(dropped - stack.apply(params, e)).max() > 1e-3
+  np.testing.assert_allclose(stack.apply(params, e[2:], keys[2:]), dropped[2:], atol=1e-6)
+  jac = jax.jacrev(lambda e: stack.apply(params, e, keys[:1])[0].sum(-1))(e[:1])
+  n = grid[0] * grid[1]
+  influence = np.asarray(jnp.abs(jac).reshape(n, n, c).sum(-1) > 0)
+  assert not influence[~np.tril(np.ones((n, n), bool), k=-1)].any()
+
+
+def test_model_drops_out_only_in_training(vqvae_dir, data):
+  config = _prior_config(vqvae_dir, **{"model.vqvae_prior.dropout": 0.3})
+  model = build_model(config.model, data.spec)
+  x = jnp.asarray(data.test_images[:4], jnp.float32) / 255.0
+  keys = jax.random.split(jax.random.key(1), 4)
+  model_vars = jax.jit(model.init)(jax.random.key(0), x, keys)
+  _, plain, _ = prior_of(vqvae_dir, data)
+  evaluated = model.apply(model_vars, x, keys).kl_per_dim
+  np.testing.assert_allclose(evaluated, plain.apply(model_vars, x, keys).kl_per_dim, rtol=1e-6)
+  trained = model.apply(model_vars, x, keys, step=jnp.asarray(3)).kl_per_dim
+  assert np.abs(trained - evaluated).max() > 1e-3
+  again = model.apply(model_vars, x, keys, step=jnp.asarray(3)).kl_per_dim
+  np.testing.assert_array_equal(trained, again)
 
 
 def test_code_nll_is_a_numpy_cross_entropy():
@@ -239,6 +287,8 @@ def test_validation_names_the_vqvae_run(vqvae_dir, tmp_path):
     configuration.validate(_prior_config(vqvae_dir, **{"objective.beta": 2.0}), 1)
   with pytest.raises(ConfigError, match="kernel_size=4 must be odd"):
     configuration.validate(_prior_config(vqvae_dir, **{"model.vqvae_prior.kernel_size": 4}), 1)
+  with pytest.raises(ConfigError, match=r"dropout=1.0 must be in \[0, 1\)"):
+    configuration.validate(_prior_config(vqvae_dir, **{"model.vqvae_prior.dropout": 1.0}), 1)
   configuration.validate(_prior_config(vqvae_dir), 1)
 
 

@@ -12,6 +12,10 @@ horizontal input right by one (the paper's mask 'A': the current code is not see
 residual connection; later layers (mask 'B') see their own position, which by then carries
 only earlier codes. Both stacks use the gated activation tanh(a) * sigmoid(b).
 
+With `dropout` > 0 each layer drops units of its horizontal residual branch (as PixelCNN++ does
+in its residual blocks) when the call is given per-example keys, i.e. in training; without keys
+(evaluation, sampling) the model is deterministic.
+
 This is the unconditional model (no class or latent conditioning) that a VQ-VAE's prior needs.
 """
 
@@ -31,6 +35,16 @@ def right_shift(x: jax.Array) -> jax.Array:
   return jnp.pad(x, ((0, 0), (0, 0), (1, 0), (0, 0)))[:, :, :-1]
 
 
+def example_dropout(x: jax.Array, keys: jax.Array, rate: float) -> jax.Array:
+  """Inverted dropout of x [batch, ...] with example i's mask drawn from keys[i].
+
+  Each kept unit is scaled by 1 / (1 - rate), so the expectation is x. An example's mask does not
+  depend on the rest of the batch.
+  """
+  keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - rate, x.shape[1:]))(keys)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
 def gate(x: jax.Array) -> jax.Array:
   """tanh(a) * sigmoid(b) of the two halves a, b of the channels [..., 2C] -> [..., C]."""
   a, b = jnp.split(x, 2, axis=-1)
@@ -45,20 +59,28 @@ class GatedLayer(nn.Module):
     kernel_size: k (odd); the vertical kernel is (k//2 + 1) x k, the horizontal 1 x (k//2 + 1).
     first: mask 'A' (the first layer): the horizontal stack does not see its own position and
       there is no residual connection.
+    dropout: the rate at which the gated horizontal features are dropped when keys are given.
   """
 
   features: int
   kernel_size: int = 3
   first: bool = False
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, v: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:  # noqa: D102
+  def __call__(
+    self, v: jax.Array, h: jax.Array, keys: jax.Array | None = None
+  ) -> tuple[jax.Array, jax.Array]:
+    """One layer; `keys` (one per example, already this layer's) switch dropout on."""
     c, k, r = self.features, self.kernel_size, self.kernel_size // 2
     v_feat = nn.Conv(2 * c, (r + 1, k), padding=((r, 0), (r, r)), name="vertical")(v)
     h_in = right_shift(h) if self.first else h
     h_feat = nn.Conv(2 * c, (1, r + 1), padding=((0, 0), (r, 0)), name="horizontal")(h_in)
     h_feat = h_feat + nn.Dense(2 * c, name="vertical_to_horizontal")(down_shift(v_feat))
-    h_out = nn.Dense(c, name="horizontal_out")(gate(h_feat))
+    h_gated = gate(h_feat)
+    if keys is not None and self.dropout > 0:
+      h_gated = example_dropout(h_gated, keys, self.dropout)
+    h_out = nn.Dense(c, name="horizontal_out")(h_gated)
     return gate(v_feat), h_out if self.first else h + h_out
 
 
@@ -71,6 +93,7 @@ class GatedStack(nn.Module):
     num_layers: gated layers (>= 1).
     kernel_size: k of every layer (odd).
     head_features: width of the hidden 1x1 layer of the output head.
+    dropout: each layer's dropout rate (`GatedLayer`), applied only when keys are given.
   """
 
   num_codes: int
@@ -78,12 +101,18 @@ class GatedStack(nn.Module):
   num_layers: int = 8
   kernel_size: int = 3
   head_features: int = 256
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, e: jax.Array) -> jax.Array:  # noqa: D102
+  def __call__(self, e: jax.Array, keys: jax.Array | None = None) -> jax.Array:
+    """Logits of embedded grids; `keys` [batch] switch dropout on (layer i folds in i)."""
     v = h = e
     for i in range(self.num_layers):
-      v, h = GatedLayer(self.features, self.kernel_size, first=i == 0, name=f"layer_{i}")(v, h)
+      layer = GatedLayer(
+        self.features, self.kernel_size, first=i == 0, dropout=self.dropout, name=f"layer_{i}"
+      )
+      layer_keys = None if keys is None else jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
+      v, h = layer(v, h, layer_keys)
     out = nn.Dense(self.head_features, name="head_hidden")(nn.relu(h))
     return nn.Dense(self.num_codes, name="head_logits")(nn.relu(out))
 
@@ -99,9 +128,11 @@ class GatedPixelCNN(nn.Module):
   num_layers: int = 8
   kernel_size: int = 3
   head_features: int = 256
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, codes: jax.Array) -> jax.Array:  # noqa: D102
+  def __call__(self, codes: jax.Array, keys: jax.Array | None = None) -> jax.Array:
+    """Logits of code grids; `keys` (one per example) switch dropout on."""
     e = nn.Embed(self.num_codes, self.features, name="embed")(codes)
     stack = GatedStack(
       self.num_codes,
@@ -109,9 +140,10 @@ class GatedPixelCNN(nn.Module):
       self.num_layers,
       self.kernel_size,
       self.head_features,
+      self.dropout,
       name="stack",
     )
-    return stack(e)
+    return stack(e, keys)
 
 
 def code_nll(logits: jax.Array, codes: jax.Array) -> jax.Array:

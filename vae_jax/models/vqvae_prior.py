@@ -115,7 +115,7 @@ class VQVAEPrior(Model):
     grid: (H, W) of the code grid; H * W = the VQ-VAE's L, positions in raster order.
   """
 
-  capabilities = Capabilities(prior=True)
+  capabilities = Capabilities(prior=True, takes_step=True)
 
   vqvae: FrozenVQVAE
   pixelcnn: GatedPixelCNN
@@ -132,6 +132,7 @@ class VQVAEPrior(Model):
         "num_layers": 8,
         "kernel_size": 3,
         "head_features": 256,
+        "dropout": 0.0,  # of each layer's horizontal residual branch, in training only
       }
     )
 
@@ -145,6 +146,7 @@ class VQVAEPrior(Model):
       c.kernel_size >= 1 and c.kernel_size % 2 == 1,
       f"model.vqvae_prior.kernel_size={c.kernel_size} must be odd and >= 1.",
     )
+    require(0 <= c.dropout < 1, f"model.vqvae_prior.dropout={c.dropout} must be in [0, 1).")
     require(
       obj.estimator == "elbo"
       and obj.kl_penalty == "beta"
@@ -177,7 +179,9 @@ class VQVAEPrior(Model):
     shape = tuple(vq.latent_shape)
     grid = shape if len(shape) == 2 else (1, shape[0])
     frozen = FrozenVQVAE(vq, jax.device_get(run.model_vars), run.workdir, run.step)
-    net = GatedPixelCNN(vq.num_codes, c.features, c.num_layers, c.kernel_size, c.head_features)
+    net = GatedPixelCNN(
+      vq.num_codes, c.features, c.num_layers, c.kernel_size, c.head_features, c.dropout
+    )
     return cls(frozen, net, grid)
 
   def encode(self, x: jax.Array, y: jax.Array | None = None) -> Posterior:
@@ -190,28 +194,34 @@ class VQVAEPrior(Model):
     del y
     return self.vqvae(VQVAE.decode, z)
 
-  def logits(self, codes: jax.Array) -> jax.Array:
-    """The PixelCNN's logits [batch, L, K] of code indices [batch, L] (raster order)."""
-    b = codes.shape[0]
-    return self.pixelcnn(codes.reshape(b, *self.grid)).reshape(b, codes.shape[1], -1)
+  def logits(self, codes: jax.Array, keys: jax.Array | None = None) -> jax.Array:
+    """The PixelCNN's logits [batch, L, K] of code indices [batch, L] (raster order).
 
-  def __call__(self, x: jax.Array, keys: jax.Array, y: jax.Array | None = None) -> ModelOutput:
+    `keys` (one per example) switch the PixelCNN's dropout on; None: deterministic.
+    """
+    b = codes.shape[0]
+    return self.pixelcnn(codes.reshape(b, *self.grid), keys).reshape(b, codes.shape[1], -1)
+
+  def __call__(
+    self, x: jax.Array, keys: jax.Array, y: jax.Array | None = None, step=None
+  ) -> ModelOutput:
     """The VQ-VAE's reconstruction and codes, and the prior's NLL of the codes.
 
     Args:
       x: images [batch, H, W, C].
-      keys: unused (the model is deterministic).
+      keys: one PRNG key per example; in training they draw the PixelCNN's dropout masks.
       y: unused.
+      step: the training step, or None outside training (no dropout: the exact NLL).
 
     Returns:
       The frozen decoder's output, the quantized codes `z` [batch, D * L], `kl_per_dim` = -log
       p(c_t | c_<t) per position [batch, L] in nats, and `extra_terms` `code_nll_nats` and
       `code_nll_bits` (the mean over positions) [batch].
     """
-    del keys, y
+    del y
     codes = self.vqvae(VQVAE.code_indices, x)
     z = self.vqvae(VQVAE.code_vectors, codes)
-    nll = code_nll(self.logits(codes), codes)
+    nll = code_nll(self.logits(codes, None if step is None else keys), codes)
     per_code = nll.mean(axis=-1)
     return ModelOutput(
       out=self.decode(z),
