@@ -4,7 +4,9 @@ The second training stage: `--config.model.vqvae_prior.vqvae_workdir=<the VQ-VAE
 PixelCNN (8 layers of 64 channels, 3-wide kernels) models the 7x7 grid of K=512 codes; 20 epochs
 of Adam with a cosine decay from 2e-3 (200 warm-up steps): 2.37 bits/code on the test codes, against
 2.42 after 5 epochs (README, Models). The data and likelihood fields are the
-defaults, as in the VQ-VAE's config, and must match its run.
+defaults, as in the VQ-VAE's config, and must match its run. `model.vqvae_prior.dropout` (default
+0) regularises the PixelCNN: over a 64-code first stage, 0.2 and 30 epochs gave 1.74 bits/code
+against 1.77 without it (README, Models).
 """
 
 import ml_collections
