@@ -5,20 +5,19 @@
 Both train the one-layer model of `experiments/iwae_table1` (784-200-200-50, tanh, Bernoulli,
 dynamic binarization, batch 20, Adam eps 1e-4) on MNIST kept on the device (random images when
 `--manual_dir` is not given), `--steps` steps per dispatch in one compiled `lax.scan`. The
-minimal loop is the same computation written directly in JAX (no model classes, no metrics, no
-shard_map); vae_jax is its trainer (`training.train.SingleRun`) as a run uses it. Rounds alternate
-in one process; prints ms per step of each (median of rounds) and vae_jax's overhead ratio.
+minimal loop is the same computation written directly in JAX (`benchmarks.minimal_vae`: no model
+classes, no metrics, no shard_map); vae_jax is its trainer (`training.train.SingleRun`) as a run
+uses it. Rounds alternate in one process; prints ms per step of each (median of rounds) and
+vae_jax's overhead ratio.
 """
 
 import argparse
-import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
+from benchmarks import minimal_vae
 from experiments.iwae_table1 import config as table1
 
 
@@ -33,56 +32,9 @@ def images(manual_dir: str | None) -> np.ndarray:
   return np.random.default_rng(0).integers(0, 256, (60_000, 28, 28, 1), np.uint8)
 
 
-def _dense(key, fan_in, fan_out):
-  return {
-    "w": jax.random.normal(key, (fan_in, fan_out)) / math.sqrt(fan_in),
-    "b": jnp.zeros(fan_out),
-  }
-
-
 def minimal_loop(images: np.ndarray, k: int, steps: int):
   """A jitted `(state, start) -> state` running `steps` batch-20 steps of the protocol."""
-  sizes = [(784, 200), (200, 200), (200, 100), (50, 200), (200, 200), (200, 784)]
-  keys = jax.random.split(jax.random.key(0), len(sizes))
-  params = [_dense(kk, i, o) for kk, (i, o) in zip(keys, sizes, strict=True)]
-  tx = optax.adam(1e-3, eps=1e-4)
-  data = jax.device_put(images.reshape(len(images), -1))
-  perm = jax.device_put(np.random.default_rng(0).permutation(len(images)).astype(np.int32))
-
-  def mlp(layers, h):
-    for i, layer in enumerate(layers):
-      h = h @ layer["w"] + layer["b"]
-      if i < len(layers) - 1:
-        h = jnp.tanh(h)
-    return h
-
-  def loss(params, x, keys):
-    mu, logvar = jnp.split(mlp(params[:3], x), 2, axis=-1)
-    eps = jax.vmap(lambda kk: jax.random.normal(kk, (k, 50)))(keys)
-    z = mu[:, None] + jnp.exp(0.5 * logvar)[:, None] * eps
-    logits = mlp(params[3:], z)
-    recon = jnp.sum(
-      x[:, None] * jax.nn.log_sigmoid(logits) + (1 - x[:, None]) * jax.nn.log_sigmoid(-logits), -1
-    )
-    kl = 0.5 * jnp.sum(jnp.square(mu) + jnp.exp(logvar) - 1.0 - logvar, -1)
-    return -jnp.mean(jnp.mean(recon, 1) - kl)
-
-  def step(carry, i):
-    params, opt_state, rng = carry
-    idx = jax.lax.dynamic_slice(perm, ((i * 20) % 59_980,), (20,))
-    keys = jax.random.split(jax.random.fold_in(rng, i), 20)
-    x = jax.vmap(lambda kk, v: jax.random.bernoulli(kk, v).astype(jnp.float32))(
-      keys, data[idx] / 255.0
-    )
-    grads = jax.grad(loss)(params, x, keys)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state, rng), None
-
-  @jax.jit
-  def run(state, start):
-    return jax.lax.scan(step, state, start + jnp.arange(steps))[0]
-
-  return run, (params, tx.init(params), jax.random.key(1))
+  return minimal_vae.minimal_loop(images, steps, (200, 200), 50, 20, "tanh", k, True, 1e-4)
 
 
 def vae_jax_program(images: np.ndarray, k: int, steps: int):

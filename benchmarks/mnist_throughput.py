@@ -6,9 +6,10 @@ Prints, side by side: the input pipeline alone (batches built and placed on the 
 whole `vae_jax` run (compile, input pipeline and per-step logging included; evaluation excluded)
 with its test -ELBO and its seconds per epoch after the first (compiled), and the PyTorch
 reference trained for the same epochs in the same process, both as written (per-image PIL
-pipeline) and with an in-memory tensor loader.
+pipeline) and with an in-memory tensor loader, and the same model as a minimal fused JAX loop
+(`run_minimal`: the ceiling of any framework's rate on this machine).
 
-With `--repeats=R` the three runs alternate R times (the first in each repeat rotates), each
+With `--repeats=R` the runs alternate R times (the first in each repeat rotates), each
 repeat's speed-ups are taken within that repeat, and the table shows medians: load on a shared
 machine drifts over minutes, and alternation lets the drift hit every run alike.
 """
@@ -61,6 +62,32 @@ def run_vae_jax(manual_dir: str, epochs: int, workdir: str, data_dir: str) -> di
   }
 
 
+def run_minimal(manual_dir: str, epochs: int) -> dict:
+  """The `mnist_mlp` model as a minimal fused JAX loop (`benchmarks.minimal_vae`), epoch by epoch.
+
+  784-400-20 ReLU, grey-level Bernoulli targets, batch 128, Adam 1e-3, the training images on the
+  device, one compiled `lax.scan` per epoch. Compilation is left out (one warm-up epoch first), so
+  its rate is a ceiling for the whole run's: no input pipeline, metrics, logging or checkpoints.
+  """
+  from benchmarks import minimal_vae
+  from benchmarks.mnist_idx import load_mnist
+
+  images = load_mnist(manual_dir)["train_images"]
+  steps = len(images) // 128
+  run, state = minimal_vae.minimal_loop(images, steps, (400,), 20, 128, "relu", binarize=False)
+  state = jax.block_until_ready(run(state, 0))
+  start = time.perf_counter()
+  for epoch in range(1, epochs + 1):
+    state = run(state, epoch * steps)
+  jax.block_until_ready(state)
+  seconds = time.perf_counter() - start
+  return {
+    "train_examples_per_sec": epochs * steps * 128 / seconds,
+    "epoch_sec": seconds / epochs,
+    "test_neg_elbo": float("nan"),
+  }
+
+
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--manual_dir", default="../shared/data/mnist")
@@ -69,7 +96,7 @@ def main() -> None:
   parser.add_argument("--skip_torch", action="store_true")
   args = parser.parse_args()
 
-  references = [] if args.skip_torch else ["torch_pil", "torch_tensor"]
+  references = ["jax_minimal"] + ([] if args.skip_torch else ["torch_pil", "torch_tensor"])
   runs = measure(args.manual_dir, args.epochs, args.repeats, references)
   _print_table(runs, args.epochs)
   print(json.dumps(runs, default=float))
@@ -78,12 +105,18 @@ def main() -> None:
 def measure(
   manual_dir: str, epochs: int, repeats: int = 1, references: tuple = ("torch_tensor",)
 ) -> dict[str, list[dict]]:
-  """Each run's figures per repeat: vae_jax and the PyTorch `references` that can run here."""
+  """Each run's figures per repeat: vae_jax and the `references` that can run here.
+
+  A reference is 'jax_minimal' (`run_minimal`), or 'torch_pil' / 'torch_tensor' (the PyTorch
+  reference's two loaders, where torch is installed).
+  """
   with contextlib.suppress(ImportError):  # TF reads data only; keep it off the accelerators.
     import tensorflow as tf
 
     tf.config.set_visible_devices([], "GPU")
-  names = ["vae_jax"] + (list(references) if _have_torch() else [])
+  torch_refs = [r for r in references if r.startswith("torch_")]
+  names = ["vae_jax"] + [r for r in references if r not in torch_refs]
+  names += torch_refs if _have_torch() else []
   runs = {name: [] for name in names}
   with tempfile.TemporaryDirectory() as workdir:
     for repeat in range(repeats):
@@ -103,6 +136,8 @@ def _have_torch() -> bool:
 def _run(name: str, manual_dir: str, epochs: int, workdir: str, repeat: int) -> dict:
   if name == "vae_jax":
     return run_vae_jax(manual_dir, epochs, f"{workdir}/run{repeat}", f"{workdir}/tfds")
+  if name == "jax_minimal":
+    return run_minimal(manual_dir, epochs)
   from benchmarks import torch_reference
 
   return torch_reference.run(manual_dir, epochs, pipeline=name.removeprefix("torch_"))
