@@ -169,7 +169,10 @@ def test_train_step_loss_and_mmd_do_not_depend_on_the_device_count(dataset, name
   config = tiny_config(**_family(name))
   metrics = device_count_metrics(dataset, config)
   for key in ("mmd", "loss", "recon", "grad_norm"):
-    np.testing.assert_allclose(metrics[0][key], metrics[1][key], rtol=1e-5, err_msg=key)
+    # The MMD (~5e-4 here) is a difference of kernel means of order 1: float32 reduction order
+    # moves it by ~1e-7 absolute, so it also gets an absolute tolerance.
+    atol = 1e-6 if key == "mmd" else 0.0
+    np.testing.assert_allclose(metrics[0][key], metrics[1][key], rtol=1e-5, atol=atol, err_msg=key)
   beta = config.objective.beta
   weight = config.model[name].mmd_weight
   expected = -metrics[1]["recon"] + beta * metrics[1]["kl"] + weight * metrics[1]["mmd"]
