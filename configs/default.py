@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.b1 = 0.9  # Adam's moment decays and epsilon (optax's defaults).
   config.optimizer.b2 = 0.999
   config.optimizer.eps = 1e-8
+  # > 0: evaluation, image summaries and the tools use a moving average of the parameters with this
+  # decay (Polyak averaging, e.g. 0.999), kept beside the optimizer's moments; 0 disables.
+  config.optimizer.ema_decay = 0.0
   # staged: stage i runs stage_epochs[i] epochs at learning_rate * stage_decay**i.
   config.optimizer.stage_epochs = (1,)
   config.optimizer.stage_decay = 1.0

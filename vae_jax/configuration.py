@@ -80,6 +80,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for field in ("b1", "b2"):
     require(0 <= o.get(field, 0.9) < 1, f"optimizer.{field}={o.get(field)} must be in [0, 1).")
   require(o.get("eps", 1e-8) > 0, f"optimizer.eps={o.get('eps')} must be > 0.")
+  ema = o.get("ema_decay", 0.0)
+  require(0 <= ema < 1, f"optimizer.ema_decay={ema} must be in [0, 1) (0 disables averaging).")
   if o.schedule == "staged":
     require_sizes(o.stage_epochs, "optimizer.stage_epochs")
     require(o.stage_decay > 0, f"optimizer.stage_decay={o.stage_decay} must be > 0.")

@@ -25,7 +25,7 @@ from vae_jax.training import mesh as meshes
 from vae_jax.training import optimizer
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.keys import run_keys
-from vae_jax.training.state import init_state, variables
+from vae_jax.training.state import eval_variables, init_state
 
 CONFIG = "config.json"
 RESULTS = "results.json"
@@ -296,4 +296,4 @@ def restore_run(
   ckpt = Checkpointer(run.workdir, config.keep_checkpoints)
   state = ckpt.restore(state, run.step)
   ckpt.close()
-  return dataclasses.replace(run, model_vars=variables(state.params, state.model_state))
+  return dataclasses.replace(run, model_vars=eval_variables(state))

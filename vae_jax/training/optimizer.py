@@ -7,6 +7,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from vae_jax.training import averaging
+
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine", "staged")
 MAIN_GROUP = "model"  # The optimizer group of every parameter without an optimizer of its own.
@@ -59,6 +61,9 @@ def make_optimizer(
 ) -> tuple[optax.GradientTransformation, Callable[[int], float]]:
   """Returns (optimizer, learning-rate schedule); clipping by global norm when configured.
 
+  With `ema_decay` > 0 the optimizer state also keeps a moving average of all the parameters
+  (`averaging.with_params_ema`), which evaluation, summaries and the tools then use.
+
   Args:
     config: `config.optimizer`.
     total_steps: the run's length (for decaying schedules).
@@ -83,4 +88,6 @@ def make_optimizer(
       return {k: k if k in groups else MAIN_GROUP for k in params}
 
     opt = optax.multi_transform({MAIN_GROUP: opt, **groups}, param_groups)
+  if config.get("ema_decay", 0.0) > 0:
+    opt = averaging.with_params_ema(opt, config.ema_decay)
   return opt, schedule

@@ -9,6 +9,7 @@ import optax
 
 from vae_jax.data.spec import DataSpec
 from vae_jax.models import Model
+from vae_jax.training import averaging
 
 
 @flax.struct.dataclass
@@ -46,6 +47,11 @@ def init_state(
 def variables(params, model_state) -> dict:
   """The Flax variables dict of a model: `{'params': params, **model_state}`."""
   return {"params": params, **model_state}
+
+
+def eval_variables(state: TrainState) -> dict:
+  """The variables evaluation and sampling use: the parameters' moving average when kept."""
+  return variables(averaging.averaged_params(state.opt_state, state.params), state.model_state)
 
 
 def model_state_of(model_vars: dict) -> dict:

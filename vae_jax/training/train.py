@@ -21,7 +21,7 @@ from vae_jax.training import mesh as meshes
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.feed import Feed
 from vae_jax.training.keys import run_keys
-from vae_jax.training.state import TrainState, init_state, variables
+from vae_jax.training.state import TrainState, eval_variables, init_state
 
 
 def evaluate(
@@ -121,7 +121,7 @@ class SingleRun:
 
   def evaluate(self, i: int, step: int) -> tuple[dict, dict]:  # noqa: D102
     del i
-    model_vars = variables(self.state_.params, self.state_.model_state)
+    model_vars = eval_variables(self.state_)
     metrics = evaluate(
       self._eval_step, model_vars, self.dataset, self.config, self.mesh, self.keys["eval"], step
     )

@@ -32,7 +32,7 @@ from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.feed import Feed
 from vae_jax.training.keys import run_keys, step_keys
 from vae_jax.training.mesh import DATA_AXIS
-from vae_jax.training.state import variables
+from vae_jax.training.state import eval_variables
 
 MEMBER_AXIS = "member"
 VECTORIZABLE = (
@@ -225,7 +225,7 @@ class Members:
 
   def evaluate(self, i: int, step: int) -> tuple[dict, dict]:  # noqa: D102
     member = self.state(i)
-    model_vars = variables(member.params, member.model_state)
+    model_vars = eval_variables(member)
     config, keys = self.configs[i], self.keys[i]
     metrics = train.evaluate(
       self._eval_step, model_vars, self.dataset, config, self.eval_mesh, keys["eval"], step
