@@ -60,6 +60,9 @@ def test_runs_evaluate_and_resume_with_the_average(dataset, tmp_path):
   tool_params = runs.open_run(full, dataset=dataset, mesh=mesh).model_vars["params"]
   pairs = zip(jax.tree.leaves(tool_params), jax.tree.leaves(raw), strict=True)
   assert max(float(np.abs(np.asarray(a) - b).max()) for a, b in pairs) > 1e-4
+  unrestored = runs.open_run(full, dataset=dataset, mesh=mesh, restore=False)
+  last = runs.restore_run(unrestored, mesh, averaged=False).model_vars["params"]
+  helpers.assert_trees_close(last, raw, atol=0)
   assert averaged["eval_loss"] != helpers.results(plain)["eval_loss"]
   # Killed after the step-4 checkpoint: resuming restores the average too.
   train.train_and_evaluate(config, cut, mesh=mesh, dataset=dataset)

@@ -25,7 +25,7 @@ from vae_jax.training import mesh as meshes
 from vae_jax.training import optimizer
 from vae_jax.training.checkpoints import Checkpointer
 from vae_jax.training.keys import run_keys
-from vae_jax.training.state import eval_variables, init_state
+from vae_jax.training.state import eval_variables, init_state, variables
 
 CONFIG = "config.json"
 RESULTS = "results.json"
@@ -278,11 +278,15 @@ def open_run(
 
 
 def restore_run(
-  run: Run, mesh: jax.sharding.Mesh | None = None, spec: DataSpec | None = None
+  run: Run,
+  mesh: jax.sharding.Mesh | None = None,
+  spec: DataSpec | None = None,
+  averaged: bool = True,
 ) -> Run:
   """`run` with the variables of its checkpoint, replicated over `mesh` (default all devices).
 
-  `spec` describes the data when `run.dataset` is None (see `open_run`).
+  `spec` describes the data when `run.dataset` is None (see `open_run`). A run trained with
+  `optimizer.ema_decay` gets the parameters' moving average unless `averaged` is False.
   """
   config, model = run.config, run.model
   spec = spec or run.dataset.spec
@@ -296,4 +300,5 @@ def restore_run(
   ckpt = Checkpointer(run.workdir, config.keep_checkpoints)
   state = ckpt.restore(state, run.step)
   ckpt.close()
-  return dataclasses.replace(run, model_vars=eval_variables(state))
+  model_vars = eval_variables(state) if averaged else variables(state.params, state.model_state)
+  return dataclasses.replace(run, model_vars=model_vars)

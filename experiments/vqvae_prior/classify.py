@@ -12,7 +12,9 @@ class counts (a prior that draws one digit well would pass the share but not the
 each of `--temperatures` (the same keys at every temperature). The same share for the run's
 reconstructions of the first `--num_samples` test images bounds what its decoder allows. A
 VQ-VAE run samples uniform codes and ignores the temperature; a vqvae_prior run samples its
-PixelCNN, the logits divided by it.
+PixelCNN, the logits divided by it. A run trained with `optimizer.ema_decay` is scored with its
+parameters' moving average, and with `--last_params` also with its last parameters (a paired
+comparison: same run, same keys).
 
 This is an experiment's yardstick, not a library metric: the project's feature network for
 sample-quality metrics lives elsewhere.
@@ -31,6 +33,7 @@ import optax
 from vae_jax import runs
 from vae_jax.data import load_dataset
 from vae_jax.tools import common
+from vae_jax.training import mesh as meshes
 from vae_jax.training.keys import run_keys
 
 
@@ -92,6 +95,19 @@ def confident(probs: np.ndarray, threshold: float) -> dict:
   return {"confident_share": float(top.mean()), "confident_class_counts": counts.tolist()}
 
 
+def score_run(run: runs.Run, params, data, args, averaged: bool = True) -> dict:
+  """`confident` of the run's test reconstructions and of its prior samples at each temperature."""
+  mesh = meshes.make_mesh(jax.local_devices()[:1])
+  run = runs.restore_run(run, mesh, averaged=averaged)
+  inputs = data.test_images[: args.num_samples].astype(np.float32) / 255.0
+  recon = common.inference(run).reconstruct(inputs)
+  report = {"test_reconstructions": confident(probabilities(params, recon), args.confidence)}
+  for t in args.temperatures.split(","):
+    samples = prior_samples(run, args.num_samples, args.seed, float(t))
+    report[f"temperature_{t}"] = confident(probabilities(params, samples), args.confidence)
+  return report
+
+
 def main() -> None:
   """Trains the classifier, scores each run's samples, prints and writes the JSON."""
   parser = argparse.ArgumentParser(description=__doc__)
@@ -104,6 +120,9 @@ def main() -> None:
   )
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--seed", type=int, default=0, help="Classifier seed (and sample seed).")
+  parser.add_argument(
+    "--last_params", action="store_true", help="Also score averaged runs' last parameters."
+  )
   parser.add_argument("--out", default=None, help="Where to write the JSON (also printed).")
   args = parser.parse_args()
 
@@ -122,16 +141,11 @@ def main() -> None:
   }
   overrides = {"data.manual_dir": args.manual_dir} if args.manual_dir else None
   for workdir in args.runs.split(","):
-    run = common.open_run(workdir, overrides=overrides)
-    inputs = data.test_images[: args.num_samples].astype(np.float32) / 255.0
-    recon = common.inference(run).reconstruct(inputs)
-    report["runs"][workdir] = {
-      "test_reconstructions": confident(probabilities(params, recon), args.confidence)
-    }
-    for t in args.temperatures.split(","):
-      samples = prior_samples(run, args.num_samples, args.seed, float(t))
-      scores = confident(probabilities(params, samples), args.confidence)
-      report["runs"][workdir][f"temperature_{t}"] = scores
+    run = common.open_run(workdir, overrides=overrides, restore=False)
+    report["runs"][workdir] = score_run(run, params, data, args)
+    averaged = run.config.optimizer.get("ema_decay", 0.0) > 0
+    if averaged and args.last_params:
+      report["runs"][workdir + ":last_params"] = score_run(run, params, data, args, False)
   text = json.dumps(report, indent=2)
   print(text)
   if args.out:
