@@ -35,6 +35,7 @@ def minimal_loop(
   k: int = 1,
   binarize: bool = True,
   adam_eps: float = 1e-8,
+  learning_rate: float = 1e-3,
 ) -> tuple[Callable, tuple]:
   """A jitted `(state, start) -> state` running `steps` training steps, and the first state.
 
@@ -47,7 +48,8 @@ def minimal_loop(
     activation: 'tanh' or 'relu'.
     k: posterior samples per example (their ELBOs are averaged).
     binarize: fresh Bernoulli draws of the grey levels each step (else grey-level targets).
-    adam_eps: Adam's epsilon (learning rate 1e-3).
+    adam_eps: Adam's epsilon.
+    learning_rate: Adam's (constant) learning rate.
   """
   pixels = int(np.prod(images.shape[1:]))
   enc = [pixels, *hidden]
@@ -56,7 +58,7 @@ def minimal_loop(
   sizes += list(zip(dec[:-1], dec[1:], strict=True))
   keys = jax.random.split(jax.random.key(0), len(sizes))
   params = [_dense(kk, i, o) for kk, (i, o) in zip(keys, sizes, strict=True)]
-  tx = optax.adam(1e-3, eps=adam_eps)
+  tx = optax.adam(learning_rate, eps=adam_eps)
   data = jax.device_put(images.reshape(len(images), -1))
   perm = jax.device_put(np.random.default_rng(0).permutation(len(images)).astype(np.int32))
   act, depth = ACTIVATIONS[activation], len(hidden) + 1

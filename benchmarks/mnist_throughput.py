@@ -65,16 +65,30 @@ def run_vae_jax(manual_dir: str, epochs: int, workdir: str, data_dir: str) -> di
 def run_minimal(manual_dir: str, epochs: int) -> dict:
   """The `mnist_mlp` model as a minimal fused JAX loop (`benchmarks.minimal_vae`), epoch by epoch.
 
-  784-400-20 ReLU, grey-level Bernoulli targets, batch 128, Adam 1e-3, the training images on the
-  device, one compiled `lax.scan` per epoch. Compilation is left out (one warm-up epoch first), so
-  its rate is a ceiling for the whole run's: no input pipeline, metrics, logging or checkpoints.
+  Its sizes, activation, batch, learning rate and targets (grey levels unless `data.binarize` is
+  'dynamic') come from `configs/mnist_mlp.py`; the training images live on the device and each
+  epoch is one compiled `lax.scan`. Compilation is left out (one warm-up epoch first), so its
+  rate is a ceiling for the whole run's: no input pipeline, metrics, logging or checkpoints.
   """
   from benchmarks import minimal_vae
   from benchmarks.mnist_idx import load_mnist
+  from configs import mnist_mlp
 
+  config = mnist_mlp.get_config()
+  m, batch = config.model, config.data.batch_size
   images = load_mnist(manual_dir)["train_images"]
-  steps = len(images) // 128
-  run, state = minimal_vae.minimal_loop(images, steps, (400,), 20, 128, "relu", binarize=False)
+  steps = len(images) // batch
+  run, state = minimal_vae.minimal_loop(
+    images,
+    steps,
+    tuple(m.hidden_sizes),
+    m.latent_dim,
+    batch,
+    m.activation,
+    binarize=config.data.binarize == "dynamic",
+    adam_eps=config.optimizer.eps,
+    learning_rate=config.optimizer.learning_rate,
+  )
   state = jax.block_until_ready(run(state, 0))
   start = time.perf_counter()
   for epoch in range(1, epochs + 1):
@@ -82,7 +96,7 @@ def run_minimal(manual_dir: str, epochs: int) -> dict:
   jax.block_until_ready(state)
   seconds = time.perf_counter() - start
   return {
-    "train_examples_per_sec": epochs * steps * 128 / seconds,
+    "train_examples_per_sec": epochs * steps * batch / seconds,
     "epoch_sec": seconds / epochs,
     "test_neg_elbo": float("nan"),
   }
