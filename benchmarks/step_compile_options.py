@@ -41,8 +41,9 @@ def main() -> None:
   init = jax.jit(lambda r: init_state(model, tx, r, spec))
   variants = {}
   for name, options in (("xla_default", None), ("step_options", compile_options.step_options())):
+    one_step = steps.global_step(model, tx, config, mesh)
     step = jax.jit(
-      steps.global_step(model, tx, config, mesh), donate_argnums=(0,), compiler_options=options
+      lambda s, b, r, f=one_step: f(s, {}, b, r), donate_argnums=(0,), compiler_options=options
     )
     state, _ = step(init(keys["init"]), batch, keys["train"])
     variants[name] = [step, jax.block_until_ready(state)]
