@@ -35,13 +35,32 @@ def test_member_mesh_spreads_members_when_they_divide_the_devices():
   assert dict(vectorized.make_member_mesh(3, jax.devices()[:4]).shape) == {"member": 1, "data": 4}
 
 
-@pytest.mark.parametrize("overrides", [{}, {"objective.kl_schedule": "linear"}])
-def test_each_member_equals_its_separate_run(dataset, tmp_path, overrides):
+def test_looped_members_equal_vmapped_members():
+  def fn(a, shared, b):
+    return a * shared + b.sum(), {"d": a - b[0]}
+
+  a, shared, b = np.arange(3.0), np.float32(2.0), np.arange(12.0).reshape(3, 4)
+  want = jax.vmap(fn, in_axes=(0, None, 0))(a, shared, b)
+  got = vectorized.looped(fn, (0, None, 0))(a, shared, b)
+  helpers.assert_trees_close(got, want, atol=0)
+
+
+@pytest.mark.parametrize(
+  "overrides, devices",
+  [
+    ({}, 4),
+    ({"objective.kl_schedule": "linear"}, 4),
+    # Conv members on CPU run in a loop (both on one device), not vmapped.
+    ({"model.arch": "conv"}, 1),
+  ],
+)
+def test_each_member_equals_its_separate_run(dataset, tmp_path, overrides, devices):
   configs = _configs(**overrides, **{"objective.kl_warmup_steps": 6})
   configs[1].objective.kl_warmup_steps = 3
+  assert vectorized.loops_members(configs[0]) == (configs[0].model.arch == "conv")
   dirs = [str(tmp_path / f"v{i}") for i in range(len(configs))]
-  got = vectorized.train_members(configs, dirs, devices=jax.devices()[:4], dataset=dataset)
-  mesh = meshes.make_mesh(jax.devices()[:4])
+  got = vectorized.train_members(configs, dirs, devices=jax.devices()[:devices], dataset=dataset)
+  mesh = meshes.make_mesh(jax.devices()[:devices])
   for i, config in enumerate(configs):
     alone = str(tmp_path / f"s{i}")
     expected = train.train_and_evaluate(config, alone, mesh=mesh, dataset=dataset)
