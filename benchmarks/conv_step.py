@@ -2,8 +2,9 @@
 
     python -m benchmarks.conv_step [--rounds=10] [--steps=5]
 
-Times (a) the jitted train step as the trainer builds it (`steps.make_train_step`) with the conv
-bodies' `conv_impl='phase'` (what 'auto' picks on CPU), (b) the same step with `conv_impl='xla'`,
+Times (a) the train step as the trainer runs it (`steps.make_dispatch_steps`: the config's
+`steps_per_execution` steps per compiled loop) with the conv bodies' `conv_impl='phase'` (what
+'auto' picks on CPU), (b) the same step with `conv_impl='xla'`,
 and (c) the same architecture in PyTorch (eager, default threads): four 4x4 stride-2 convs of
 32 channels with padding 1, dense 256-256, a 10-d Gaussian latent, the mirrored decoder with
 transposed convs, Bernoulli likelihood (BCE with logits summed per image, batch mean), KL weighted
@@ -20,6 +21,8 @@ import time
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from configs import beta4
 from vae_jax.data.spec import DataSpec
@@ -39,22 +42,35 @@ def _with_conv_impl(model, impl: str):
 
 
 def jax_step(config, impl: str, images: np.ndarray):
-  """A zero-argument callable running one vae_jax train step with `conv_impl=impl`."""
+  """`(run, k)`: a zero-argument callable running k vae_jax train steps with `conv_impl=impl`.
+
+  The steps run as the trainer dispatches them: `config.steps_per_execution` = k steps in one
+  compiled loop (`steps.make_dispatch_steps`), metric sums on the device; the batch is the same
+  at every step.
+  """
   spec = DataSpec(SHAPE, 0, 60_000)
   model = _with_conv_impl(build_model(config.model, spec), impl)
   tx, _ = optimizer.make_optimizer(config.optimizer, config.num_train_steps)
   mesh = meshes.make_mesh()
   keys = run_keys(config.seed)
+  k = config.steps_per_execution
   batch = jax.device_put({"image": images}, meshes.batch_sharded(mesh))
-  step = steps.make_train_step(model, tx, config, mesh)
-  box = [jax.jit(lambda r: init_state(model, tx, r, spec))(keys["init"])]
+  stacked = jax.device_put(
+    {"image": np.stack([images] * k)}, NamedSharding(mesh, P(None, meshes.DATA_AXIS))
+  )
+  single, multi = steps.make_dispatch_steps(model, tx, config, mesh)
+  state = jax.jit(lambda r: init_state(model, tx, r, spec))(keys["init"])
+  one_step = steps.global_step(model, tx, config, mesh)
+  sums = steps.zero_metrics(one_step, state, {}, batch, keys["train"], meshes.replicated(mesh))
+  box = [state, sums]
 
   def run():
-    box[0], metrics = step(box[0], batch, keys["train"])
-    return metrics["loss"]
+    step, inputs = (multi, stacked) if k > 1 else (single, batch)
+    box[0], box[1], loss = step(box[0], {}, inputs, keys["train"], box[1])
+    return loss
 
   jax.block_until_ready(run())
-  return run
+  return run, k
 
 
 def torch_step(config, images: np.ndarray):
@@ -100,7 +116,7 @@ def torch_step(config, images: np.ndarray):
     return loss.detach()
 
   run()
-  return run
+  return run, 1
 
 
 def _wait(out) -> None:
@@ -126,17 +142,18 @@ def measure(rounds: int = 10, steps_per_round: int = 5) -> dict:
   times = {name: [] for name in variants}
   for _ in range(rounds):
     for name in random.sample(list(variants), len(variants)):
-      run = variants[name]
+      run, k = variants[name]
       start = time.perf_counter()
       for _ in range(steps_per_round):
         out = run()
       _wait(out)
-      times[name].append((time.perf_counter() - start) / steps_per_round * 1e3)
+      times[name].append((time.perf_counter() - start) / (steps_per_round * k) * 1e3)
   result = {f"{name}_ms": float(np.median(t)) for name, t in times.items()}
   result.update({f"{name}_min_ms": float(min(t)) for name, t in times.items()})
   # What a run uses: conv_impl='auto' picks the phase convs on CPU and XLA's elsewhere.
   result["vae_jax_ms"] = result["phase_ms" if jax.default_backend() == "cpu" else "xla_ms"]
   result["batch_size"] = config.data.batch_size
+  result["steps_per_execution"] = config.steps_per_execution
   return result
 
 

@@ -33,6 +33,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.eval_every_steps = 10_000
   config.checkpoint_every_steps = 10_000
   config.num_image_examples = 10
+  # 4 steps per compiled loop: ~20% less time per step on 2 CPU cores than one step per dispatch
+  # (benchmarks.conv_step). It divides every interval here.
+  config.steps_per_execution = 4
   if variant == "quick":
     config.optimizer.learning_rate = 5e-4
     config.num_train_steps = 3_000
