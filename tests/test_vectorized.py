@@ -49,7 +49,7 @@ def test_looped_members_equal_vmapped_members():
   "overrides, devices",
   [
     ({}, 4),
-    ({"objective.kl_schedule": "linear"}, 4),
+    pytest.param({"objective.kl_schedule": "linear"}, 4, marks=pytest.mark.slow),
     # Conv members on CPU run in a loop (both on one device), not vmapped.
     ({"model.arch": "conv"}, 1),
   ],
