@@ -2,9 +2,10 @@
 
 Members may differ only in `VECTORIZABLE` fields (seed, beta, KL schedule and capacity numbers,
 learning rate, weight decay). Their train states are stacked on a leading member axis and
-`steps.update` is `vmap`ped over members, with each member's differing fields passed as traced
-values; `jax.shard_map` maps that over a 2-D mesh whose 'member' axis spreads members over devices
-beside the 'data' axis that splits each member's batch. Each member still gets its own workdir with
+`steps.update` is `vmap`ped over members (conv members on CPU: a `lax.map`, see `looped`), with
+each member's differing fields passed as traced values; `jax.shard_map` maps that over a 2-D
+mesh whose 'member' axis spreads members over devices beside the 'data' axis that splits each
+member's batch. Each member still gets its own workdir with
 config.json, Orbax checkpoints (the same TrainState a single run saves), TensorBoard events,
 eval history and results.json, so `vae_jax.main`, `vae_jax.evaluate` and `vae_jax.tools` treat it
 like any other run. The periodic actions are `loop.run_loop`'s, the same as a single run's.
