@@ -10,7 +10,8 @@ Sections (each a ratio measured within this run, so machine load hits both sides
   (`benchmarks.mnist_throughput`), median of alternating repeats; also seconds per epoch, with
   and without the first epoch (which holds the compilation), and the same model as a minimal
   fused JAX loop against the same PyTorch runs (the ceiling of vae_jax's ratio on the machine).
-* `beta4`: the `configs/beta4.py` train step against PyTorch with the same architecture
+* `beta4`: the `configs/beta4.py` train step, dispatched as the trainer does (the config's
+  `steps_per_execution` steps per compiled loop), against PyTorch with the same architecture
   (`benchmarks.conv_step`).
 * `iwae`: the IWAE protocol's step (`experiments/iwae_table1`, batch 20) in vae_jax's trainer
   against a minimal fused JAX loop of the same math (`benchmarks.iwae_protocol`), and what a
@@ -100,9 +101,10 @@ def beta4(args) -> list[dict]:
 
   per_round = 5 if jax.default_backend() == "cpu" else 50  # A GPU step takes milliseconds.
   result = conv_step.measure(rounds=3 if args.quick else 10, steps_per_round=per_round)
+  step = f"beta4 train step (batch 64, {result['steps_per_execution']} per dispatch)"
   rows = [
     _row(
-      "beta4 train step (batch 64), ms vs the same step with XLA's default convs",
+      f"{step}, ms vs the same step with XLA's default convs",
       result["vae_jax_ms"],
       result["xla_ms"],
       "ms",
@@ -112,7 +114,7 @@ def beta4(args) -> list[dict]:
   if "xla_bf16_ms" in result:
     rows.append(
       _row(
-        "beta4 train step (batch 64), ms with config.dtype='bfloat16' vs float32",
+        f"{step}, ms with config.dtype='bfloat16' vs float32",
         result["xla_bf16_ms"],
         result["xla_ms"],
         "ms",
@@ -122,7 +124,7 @@ def beta4(args) -> list[dict]:
   if "torch_ms" in result:
     rows.append(
       _row(
-        "beta4 train step (batch 64), ms vs PyTorch (same architecture)",
+        f"{step}, ms vs PyTorch (same architecture)",
         result["vae_jax_ms"],
         result["torch_ms"],
         "ms",
