@@ -51,7 +51,7 @@ def test_looped_members_equal_vmapped_members():
     ({}, 4),
     pytest.param({"objective.kl_schedule": "linear"}, 4, marks=pytest.mark.slow),
     # Conv members on CPU run in a loop (both on one device), not vmapped.
-    ({"model.arch": "conv"}, 1),
+    pytest.param({"model.arch": "conv"}, 1, marks=pytest.mark.slow),
   ],
 )
 def test_each_member_equals_its_separate_run(dataset, tmp_path, overrides, devices):
