@@ -33,7 +33,6 @@ import optax
 from vae_jax import runs
 from vae_jax.data import load_dataset
 from vae_jax.tools import common
-from vae_jax.training import mesh as meshes
 from vae_jax.training.keys import run_keys
 
 
@@ -97,8 +96,7 @@ def confident(probs: np.ndarray, threshold: float) -> dict:
 
 def score_run(run: runs.Run, params, data, args, averaged: bool = True) -> dict:
   """`confident` of the run's test reconstructions and of its prior samples at each temperature."""
-  mesh = meshes.make_mesh(jax.local_devices()[:1])
-  run = runs.restore_run(run, mesh, averaged=averaged)
+  run = common.restore_run(run, averaged)
   inputs = data.test_images[: args.num_samples].astype(np.float32) / 255.0
   recon = common.inference(run).reconstruct(inputs)
   report = {"test_reconstructions": confident(probabilities(params, recon), args.confidence)}

@@ -62,9 +62,12 @@ def open_run(
   return restore_run(run) if restore else run
 
 
-def restore_run(run: runs.Run) -> runs.Run:
-  """Restores the variables of an `open_run(..., restore=False)` result onto one device."""
-  return runs.restore_run(run, meshes.make_mesh(jax.local_devices()[:1]))
+def restore_run(run: runs.Run, averaged: bool = True) -> runs.Run:
+  """Restores the variables of an `open_run(..., restore=False)` result onto one device.
+
+  `averaged` as in `runs.restore_run`: False gives an averaged run's last parameters.
+  """
+  return runs.restore_run(run, meshes.make_mesh(jax.local_devices()[:1]), averaged=averaged)
 
 
 def inference(run: runs.Run) -> Inference:
