@@ -5,10 +5,10 @@ learning rate, weight decay). Their train states are stacked on a leading member
 `steps.update` is `vmap`ped over members (conv members on CPU: a `lax.map`, see `looped`), with
 each member's differing fields passed as traced values; `jax.shard_map` maps that over a 2-D
 mesh whose 'member' axis spreads members over devices beside the 'data' axis that splits each
-member's batch. Each member still gets its own workdir with
-config.json, Orbax checkpoints (the same TrainState a single run saves), TensorBoard events,
-eval history and results.json, so `vae_jax.main`, `vae_jax.evaluate` and `vae_jax.tools` treat it
-like any other run. The periodic actions are `loop.run_loop`'s, the same as a single run's.
+member's batch. Each member still gets its own workdir with config.json, Orbax checkpoints (the
+same TrainState a single run saves), TensorBoard events, eval history and results.json, so
+`vae_jax.main`, `vae_jax.evaluate` and `vae_jax.tools` treat it like any other run. The periodic
+actions are `loop.run_loop`'s, the same as a single run's.
 """
 
 import functools
@@ -110,24 +110,17 @@ def loops_members(base: ml_collections.ConfigDict) -> bool:
 
 
 def member_steps(
-  model,
-  base: ml_collections.ConfigDict,
-  total_steps: int,
-  mesh,
-  assemble,
-  steps_per_epoch: int,
-  loop_members: bool | None = None,
+  model, base: ml_collections.ConfigDict, total_steps: int, mesh, assemble, steps_per_epoch: int
 ):
   """The vectorized step, unjitted: `(states, arrays, inputs, rngs, hparams) -> (states, metrics)`.
 
   `inputs` holds each member's step inputs on a leading member axis; each member assembles its
-  batch from them and the shared `arrays` (see `training.feed`). With `loop_members` (default:
-  `loops_members(base)`) each device runs its members' updates one after the other in a
-  `lax.map` (`looped`) instead of vmapped.
+  batch from them and the shared `arrays` (see `training.feed`). Where `loops_members(base)`,
+  each device runs its members' updates one after the other in a `lax.map` (`looped`) instead of
+  vmapped.
   """
   own = model.param_optimizers(base.model)
-  if loop_members is None:
-    loop_members = loops_members(base)
+  mapped = looped if loops_members(base) else jax.vmap
 
   def member_update(state, arrays, inputs, keys, rng_batch, hparams):
     config = traced_config(base, hparams)
@@ -137,7 +130,7 @@ def member_steps(
 
   member, data = P(MEMBER_AXIS), P(MEMBER_AXIS, DATA_AXIS)
   sharded = jax.shard_map(
-    (looped if loop_members else jax.vmap)(member_update, in_axes=(0, None, 0, 0, 0, 0)),
+    mapped(member_update, in_axes=(0, None, 0, 0, 0, 0)),
     mesh=mesh,
     in_specs=(member, P(), data, data, member, member),
     out_specs=(member, member),
@@ -152,20 +145,13 @@ def member_steps(
 
 
 def make_vectorized_train_step(
-  model,
-  base,
-  total_steps: int,
-  mesh,
-  assemble=steps.pass_batch,
-  steps_per_epoch: int = 1,
-  loop_members: bool | None = None,
+  model, base, total_steps: int, mesh, assemble=steps.pass_batch, steps_per_epoch: int = 1
 ):
   """Jitted `(states, arrays, inputs, rngs, hparams, sums) -> (states, sums, loss)`.
 
-  `sums` are the members' running metric sums on the device; `loss` the step's losses;
-  `loop_members` as in `member_steps`.
+  `sums` are the members' running metric sums on the device; `loss` the step's losses.
   """
-  step = member_steps(model, base, total_steps, mesh, assemble, steps_per_epoch, loop_members)
+  step = member_steps(model, base, total_steps, mesh, assemble, steps_per_epoch)
 
   @functools.partial(
     jax.jit, donate_argnums=(0, 5), compiler_options=compile_options.step_options()
