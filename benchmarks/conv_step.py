@@ -4,14 +4,14 @@
 
 Times (a) the train step as the trainer runs it (`steps.make_dispatch_steps`: the config's
 `steps_per_execution` steps per compiled loop) with the conv bodies' `conv_impl='phase'` (what
-'auto' picks on CPU), (b) the same step with `conv_impl='xla'`,
-and (c) the same architecture in PyTorch (eager, default threads): four 4x4 stride-2 convs of
-32 channels with padding 1, dense 256-256, a 10-d Gaussian latent, the mirrored decoder with
-transposed convs, Bernoulli likelihood (BCE with logits summed per image, batch mean), KL weighted
-by beta, Adam (on the GPU where PyTorch sees one). On an accelerator (d) is the XLA step with
-`config.dtype='bfloat16'`. The batch (64 images) stays in memory. Rounds alternate the variants in
-random order so that load on a shared machine hits all alike; prints the median ms per step and
-the ratios.
+'auto' picks on CPU), (b) the same step with `conv_impl='xla'` (on CPU one step per dispatch,
+its fastest: XLA's convolutions run slowly inside a loop there), and (c) the same architecture
+in PyTorch (eager, default threads): four 4x4 stride-2 convs of 32 channels with padding 1,
+dense 256-256, a 10-d Gaussian latent, the mirrored decoder with transposed convs, Bernoulli
+likelihood (BCE with logits summed per image, batch mean), KL weighted by beta, Adam (on the GPU
+where PyTorch sees one). On an accelerator (d) is the XLA step with `config.dtype='bfloat16'`.
+The batch (64 images) stays in memory. Rounds alternate the variants in random order so that load
+on a shared machine hits all alike; prints the median ms per step and the ratios.
 """
 
 import argparse
@@ -59,7 +59,8 @@ def jax_step(config, impl: str, images: np.ndarray):
     {"image": np.stack([images] * k)}, NamedSharding(mesh, P(None, meshes.DATA_AXIS))
   )
   single, multi = steps.make_dispatch_steps(model, tx, config, mesh)
-  state = jax.jit(lambda r: init_state(model, tx, r, spec))(keys["init"])
+  init = jax.jit(lambda r: init_state(model, tx, r, spec), out_shardings=meshes.replicated(mesh))
+  state = init(keys["init"])  # Placed as the step returns it: no second compilation.
   one_step = steps.global_step(model, tx, config, mesh)
   sums = steps.zero_metrics(one_step, state, {}, batch, keys["train"], meshes.replicated(mesh))
   box = [state, sums]
@@ -132,7 +133,12 @@ def measure(rounds: int = 10, steps_per_round: int = 5) -> dict:
   config = beta4.get_config()
   rng = np.random.default_rng(0)
   images = (rng.random((config.data.batch_size, *SHAPE)) < 0.1).astype(np.uint8) * 255
-  variants = {"phase": jax_step(config, "phase", images), "xla": jax_step(config, "xla", images)}
+  xla = beta4.get_config()
+  if jax.default_backend() == "cpu":
+    # XLA:CPU runs its own convolutions' gradients inside a loop ~25x slower than one step per
+    # dispatch (5.5 s vs 0.23 s per beta4 step on 2 cores, 2026-12-07): time it at its best.
+    xla.steps_per_execution = 1
+  variants = {"phase": jax_step(config, "phase", images), "xla": jax_step(xla, "xla", images)}
   if jax.default_backend() != "cpu":
     bf16 = beta4.get_config()
     bf16.dtype = "bfloat16"

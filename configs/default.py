@@ -88,8 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Train steps per dispatch (Keras' steps_per_execution): K > 1 runs K steps in one compiled loop
   # (lax.scan), saving per-step dispatch work on small models; dispatches cut short at a logging,
   # evaluation or checkpoint step run step by step, so choose intervals that K divides. Same
-  # numbers as K = 1. On XLA:CPU the loop also pays for conv models (beta4: ~118 -> ~92 ms per
-  # step with K = 4 on 2 cores, `benchmarks.conv_step`).
+  # numbers as K = 1. On XLA:CPU the loop also pays for conv models with the 'phase' convs (beta4:
+  # ~118 -> ~92 ms per step with K = 4 on 2 cores, `benchmarks.conv_step`); XLA's own convs run
+  # ~25x slower inside it.
   config.steps_per_execution = 1
   config.log_every_steps = 100
   # The global gradient norm as a train metric: on XLA:CPU its reductions cost ~20% of a small

@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from scipy import stats
 
 from configs import mnist_hvae
@@ -159,6 +160,7 @@ def test_iwae_weights_match_the_importance_log_weights(dataset):
   assert np.all(np.asarray(terms["iwae"]) >= np.asarray(weights.mean(0)) - 1e-4)
 
 
+@pytest.mark.slow
 def test_mnist_hvae_config_trains_end_to_end_with_iwae(dataset, tmp_path):
   config = mnist_hvae.get_config()
   config.data.batch_size, config.data.eval_batch_size = 32, 40

@@ -161,6 +161,7 @@ def test_bad_flow_count_is_one_config_error_naming_it(value):
     configuration.validate(_config(**{"model.planar.flows": value}), 1)
 
 
+@pytest.mark.slow
 def test_mnist_planar_config_trains_end_to_end(dataset, tmp_path):
   config = mnist_planar.get_config()
   assert config.model.planar.flows == 10

@@ -92,7 +92,7 @@ def _influence(stack: pixelcnn.GatedStack, grid: tuple[int, int], c: int) -> np.
   """[L, L] whether output position i (raster order) has a nonzero gradient from input j."""
   e = jax.random.normal(jax.random.key(0), (1, *grid, c))
   params = stack.init(jax.random.key(1), e)
-  jac = jax.jacrev(lambda e: stack.apply(params, e)[0].sum(-1))(e)  # [H, W, 1, H, W, C]
+  jac = jax.jit(jax.jacrev(lambda e: stack.apply(params, e)[0].sum(-1)))(e)  # [H, W, 1, H, W, C]
   n = grid[0] * grid[1]
   return np.asarray(jnp.abs(jac).reshape(n, n, c).sum(-1) > 0)
 
@@ -133,11 +133,12 @@ def test_dropout_is_causal_per_example_and_off_without_keys():
   e = jax.random.normal(jax.random.key(0), (3, *grid, c))
   params = stack.init(jax.random.key(1), e)
   keys = jax.random.split(jax.random.key(2), 3)
-  np.testing.assert_array_equal(stack.apply(params, e), plain.apply(params, e))
-  dropped = stack.apply(params, e, keys)
-  assert np.abs(dropped - stack.apply(params, e)).max() > 1e-3
-  np.testing.assert_allclose(stack.apply(params, e[2:], keys[2:]), dropped[2:], atol=1e-6)
-  jac = jax.jacrev(lambda e: stack.apply(params, e, keys[:1])[0].sum(-1))(e[:1])
+  apply, apply_plain = jax.jit(stack.apply), jax.jit(plain.apply)
+  np.testing.assert_array_equal(apply(params, e), apply_plain(params, e))
+  dropped = apply(params, e, keys)
+  assert np.abs(dropped - apply(params, e)).max() > 1e-3
+  np.testing.assert_allclose(apply(params, e[2:], keys[2:]), dropped[2:], atol=1e-6)
+  jac = jax.jit(jax.jacrev(lambda e: stack.apply(params, e, keys[:1])[0].sum(-1)))(e[:1])
   n = grid[0] * grid[1]
   influence = np.asarray(jnp.abs(jac).reshape(n, n, c).sum(-1) > 0)
   assert not influence[~np.tril(np.ones((n, n), bool), k=-1)].any()
@@ -150,11 +151,13 @@ def test_model_drops_out_only_in_training(vqvae_dir, data):
   keys = jax.random.split(jax.random.key(1), 4)
   model_vars = jax.jit(model.init)(jax.random.key(0), x, keys)
   _, plain, _ = prior_of(vqvae_dir, data)
-  evaluated = model.apply(model_vars, x, keys).kl_per_dim
-  np.testing.assert_allclose(evaluated, plain.apply(model_vars, x, keys).kl_per_dim, rtol=1e-6)
-  trained = model.apply(model_vars, x, keys, step=jnp.asarray(3)).kl_per_dim
+  apply = jax.jit(lambda v, step=None: model.apply(v, x, keys, step=step).kl_per_dim)
+  evaluated = apply(model_vars)
+  plain_kl = jax.jit(lambda v: plain.apply(v, x, keys).kl_per_dim)(model_vars)
+  np.testing.assert_allclose(evaluated, plain_kl, rtol=1e-6)
+  trained = apply(model_vars, jnp.asarray(3))
   assert np.abs(trained - evaluated).max() > 1e-3
-  again = model.apply(model_vars, x, keys, step=jnp.asarray(3)).kl_per_dim
+  again = apply(model_vars, jnp.asarray(3))
   np.testing.assert_array_equal(trained, again)
 
 
