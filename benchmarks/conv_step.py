@@ -135,7 +135,7 @@ def measure(rounds: int = 10, steps_per_round: int = 5) -> dict:
   images = (rng.random((config.data.batch_size, *SHAPE)) < 0.1).astype(np.uint8) * 255
   xla = beta4.get_config()
   if jax.default_backend() == "cpu":
-    # XLA:CPU runs its own convolutions' gradients inside a loop ~25x slower than one step per
+    # XLA:CPU runs its own convolutions inside a loop ~25x slower than one step per
     # dispatch (5.5 s vs 0.23 s per beta4 step on 2 cores, 2026-12-07): time it at its best.
     xla.steps_per_execution = 1
   variants = {"phase": jax_step(config, "phase", images), "xla": jax_step(xla, "xla", images)}

@@ -38,7 +38,9 @@ def member_configs(config_module: str, steps: int, manual_dir: str | None) -> li
       config.objective.beta, config.seed = beta, seed
       config.num_train_steps = steps
       config.log_every_steps = min(config.log_every_steps, steps)
-      config.eval_every_steps = config.checkpoint_every_steps = max(steps // 2, 1)
+      # Halfway, rounded up to whole dispatches (no step runs outside the K-step program).
+      k = config.steps_per_execution
+      config.eval_every_steps = config.checkpoint_every_steps = max(-(-(steps // 2) // k) * k, 1)
       config.data.num_eval_examples = 1000
       config.num_traversal_inputs = 1
       if manual_dir:
