@@ -272,6 +272,7 @@ def shrink(config, **overrides):
   return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config_module", [mnist_wae, mnist_infovae])
 def test_the_mnist_configs_train_end_to_end_and_the_tools_read_the_run(
   dataset, tmp_path, config_module

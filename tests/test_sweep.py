@@ -379,6 +379,7 @@ def test_submitit_local_executor_trains_a_member(tmp_path, sweep_env):
   assert any(f.endswith("_result.pkl") for f in os.listdir(workdir / "submitit"))
 
 
+@pytest.mark.slow
 def test_vectorized_sweep_writes_every_member_and_skips_them_next_time(tmp_path, sweep_env):
   workdir = tmp_path / "w"
   config = _sweep_config(tmp_path, [1.0, 8.0])

@@ -177,6 +177,7 @@ def test_bad_fields_are_one_config_error_naming_them(field, value):
     configuration.validate(_config(**{f"model.vampprior.{field}": value}), 1)
 
 
+@pytest.mark.slow
 def test_mnist_vampprior_config_trains_and_evaluates_end_to_end(dataset, tmp_path):
   config = mnist_vampprior.get_config()
   assert config.model.vampprior.num_pseudo_inputs == 500
