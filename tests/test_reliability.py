@@ -297,6 +297,7 @@ def test_write_failures_of_results_and_events_become_one_write_error(tmp_path, m
     writer.write_scalars(0, {"a": 1.0})
 
 
+@pytest.mark.slow  # Two beta4 members through subprocesses; the single-run signal test stays fast.
 def test_a_stopped_local_sweep_stops_its_members_after_they_save(tmp_path):
   sweep_file = tmp_path / "sweep.py"
   sweep_file.write_text(
