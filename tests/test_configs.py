@@ -18,7 +18,10 @@ CONFIGS = sorted(
 )
 # Second-stage configs name the run they build on; without it, validation says exactly that (their
 # own tests validate them with a run).
-NEEDS_A_RUN = {"mnist_vqvae_prior": "model.vqvae_prior.vqvae_workdir is not set"}
+NEEDS_A_RUN = {
+  "mnist_vqvae_prior": "model.vqvae_prior.vqvae_workdir is not set",
+  "mnist_vqvae_cprior": "model.vqvae_cprior.vqvae_workdir is not set",
+}
 
 
 @pytest.mark.parametrize("name", CONFIGS)

@@ -303,9 +303,14 @@ def test_shipped_config_validates_with_a_vqvae_run(vqvae_dir):
 
 
 @pytest.mark.slow
-def test_end_to_end_train_a_prior_then_sample(vqvae_dir, data, mesh, tmp_path):
+@pytest.mark.parametrize("family", ["vqvae_prior", "vqvae_cprior"])
+def test_end_to_end_train_a_prior_then_sample(vqvae_dir, data, mesh, tmp_path, family):
   workdir = str(tmp_path / "prior")
-  config = _prior_config(vqvae_dir, **{"optimizer.learning_rate": 1e-2})
+  sizes = {k.replace("vqvae_prior", family): v for k, v in PRIOR.items()}
+  config = tiny_config(
+    **{"model.name": family, f"model.{family}.vqvae_workdir": vqvae_dir, **sizes},
+    **{"optimizer.learning_rate": 1e-2},
+  )
   results = train.train_and_evaluate(config, workdir, mesh=mesh, dataset=data)
   bits, nats = results["eval_code_nll_bits"], results["eval_code_nll_nats"]
   assert bits < math.log2(K)  # Below the uniform prior's log2 K bits per code.

@@ -12,7 +12,11 @@ class counts (a prior that draws one digit well would pass the share but not the
 each of `--temperatures` (the same keys at every temperature). The same share for the run's
 reconstructions of the first `--num_samples` test images bounds what its decoder allows. A
 VQ-VAE run samples uniform codes and ignores the temperature; a vqvae_prior run samples its
-PixelCNN, the logits divided by it. A run trained with `optimizer.ema_decay` is scored with its
+PixelCNN, the logits divided by it. A class-conditional run (`vqvae_cprior`) samples with labels
+drawn uniformly from the ten digits (so its samples are those of the unconditional prior
+p(c) = mean_y p(c | y)); for it the report adds the share of samples the classifier labels as
+their drawn label, and the exact code NLL of the test images under p(c) and under p(c | y) with
+their true labels (bits per code). A run trained with `optimizer.ema_decay` is scored with its
 parameters' moving average, and with `--last_params` also with its last parameters (a paired
 comparison: same run, same keys).
 
@@ -22,6 +26,7 @@ sample-quality metrics lives elsewhere.
 
 import argparse
 import json
+import math
 import os
 
 import flax.linen as nn
@@ -81,17 +86,53 @@ def probabilities(params, x: np.ndarray, batch: int = 500) -> np.ndarray:
   )
 
 
-def prior_samples(run: runs.Run, num: int, seed: int | None, temperature: float) -> np.ndarray:
+def sample_labels(run: runs.Run, num: int, seed: int | None) -> np.ndarray | None:
+  """Labels uniform over the classes for a conditional run's samples (key: fold_in 1), else None."""
+  if not common.is_conditional(run):
+    return None
+  key = jax.random.fold_in(common.tool_key(run, seed, "sample"), 1)
+  return np.asarray(jax.random.randint(key, (num,), 0, run.dataset.num_classes))
+
+
+def prior_samples(run: runs.Run, num: int, seed: int | None, temperature: float, labels=None):
   """`num` decoded prior samples of the run, keyed as `vae_jax.tools sample --seed` keys them."""
   key = common.tool_key(run, seed, "sample")
-  return common.inference(run).prior_samples(key, num, temperature=temperature)
+  return common.inference(run).prior_samples(key, num, labels, temperature=temperature)
 
 
-def confident(probs: np.ndarray, threshold: float) -> dict:
-  """Share of rows whose top probability exceeds `threshold`, and those rows' class counts."""
+def confident(probs: np.ndarray, threshold: float, labels: np.ndarray | None = None) -> dict:
+  """Share of rows whose top probability exceeds `threshold`, and those rows' class counts.
+
+  With the labels the samples were drawn for, also the share labelled as drawn (confident or not)
+  and the share both confident and labelled as drawn.
+  """
   top = probs.max(axis=1) > threshold
   counts = np.bincount(probs.argmax(axis=1)[top], minlength=10)
-  return {"confident_share": float(top.mean()), "confident_class_counts": counts.tolist()}
+  report = {"confident_share": float(top.mean()), "confident_class_counts": counts.tolist()}
+  if labels is not None:
+    agree = probs.argmax(axis=1) == labels
+    report["label_agreement"] = float(agree.mean())
+    report["confident_and_agreeing_share"] = float((agree & top).mean())
+  return report
+
+
+def code_bits(run: runs.Run, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> dict:
+  """A conditional prior's code NLL of `images` [n] (bits per code) under p(c) and p(c | y)."""
+  model, model_vars = run.model, run.model_vars
+  keys = jax.random.split(jax.random.key(0), batch)
+
+  @jax.jit
+  def nats(x, y):
+    marginal = model.apply(model_vars, x, method=model.marginal_code_nll)
+    return marginal, model.apply(model_vars, x, keys[: len(x)], y).kl_per_dim.sum(-1)
+
+  parts = [
+    nats(jnp.asarray(images[i : i + batch], jnp.float32) / 255.0, labels[i : i + batch])
+    for i in range(0, len(images), batch)
+  ]
+  per_bit = math.log(2.0) * model.vqvae.module.num_latents
+  bits = [float(np.concatenate(p).mean()) / per_bit for p in zip(*parts, strict=True)]
+  return {"test_code_bits_marginal": bits[0], "test_code_bits_given_label": bits[1]}
 
 
 def score_run(run: runs.Run, params, data, args, averaged: bool = True) -> dict:
@@ -100,9 +141,13 @@ def score_run(run: runs.Run, params, data, args, averaged: bool = True) -> dict:
   inputs = data.test_images[: args.num_samples].astype(np.float32) / 255.0
   recon = common.inference(run).reconstruct(inputs)
   report = {"test_reconstructions": confident(probabilities(params, recon), args.confidence)}
+  labels = sample_labels(run, args.num_samples, args.seed)
   for t in args.temperatures.split(","):
-    samples = prior_samples(run, args.num_samples, args.seed, float(t))
-    report[f"temperature_{t}"] = confident(probabilities(params, samples), args.confidence)
+    samples = prior_samples(run, args.num_samples, args.seed, float(t), labels)
+    probs = probabilities(params, samples)
+    report[f"temperature_{t}"] = confident(probs, args.confidence, labels)
+  if labels is not None:
+    report.update(code_bits(run, data.test_images, data.test_labels))
   return report
 
 

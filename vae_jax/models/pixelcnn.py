@@ -12,11 +12,14 @@ horizontal input right by one (the paper's mask 'A': the current code is not see
 residual connection; later layers (mask 'B') see their own position, which by then carries
 only earlier codes. Both stacks use the gated activation tanh(a) * sigmoid(b).
 
+With `num_classes` > 0 the model is class-conditional, as in the paper: each layer adds a learned
+per-class bias (V^T h with h the one-hot label) to the pre-activations of both stacks, so the
+logits model p(c | y) and stay causal in c.
+
 With `dropout` > 0 each layer drops units of its horizontal residual branch (as PixelCNN++ does
 in its residual blocks) when the call is given per-example keys, i.e. in training; without keys
 (evaluation, sampling) the model is deterministic.
 
-This is the unconditional model (no class or latent conditioning) that a VQ-VAE's prior needs.
 """
 
 import flax.linen as nn
@@ -69,14 +72,24 @@ class GatedLayer(nn.Module):
 
   @nn.compact
   def __call__(
-    self, v: jax.Array, h: jax.Array, keys: jax.Array | None = None
+    self,
+    v: jax.Array,
+    h: jax.Array,
+    keys: jax.Array | None = None,
+    cond: jax.Array | None = None,
   ) -> tuple[jax.Array, jax.Array]:
-    """One layer; `keys` (one per example, already this layer's) switch dropout on."""
+    """One layer; `keys` (one per example, already this layer's) switch dropout on.
+
+    `cond` [batch, N] (e.g. one-hot labels) adds a learned bias to both stacks' pre-activations.
+    """
     c, k, r = self.features, self.kernel_size, self.kernel_size // 2
     v_feat = nn.Conv(2 * c, (r + 1, k), padding=((r, 0), (r, r)), name="vertical")(v)
     h_in = right_shift(h) if self.first else h
     h_feat = nn.Conv(2 * c, (1, r + 1), padding=((0, 0), (r, 0)), name="horizontal")(h_in)
     h_feat = h_feat + nn.Dense(2 * c, name="vertical_to_horizontal")(down_shift(v_feat))
+    if cond is not None:
+      v_feat = v_feat + nn.Dense(2 * c, use_bias=False, name="cond_vertical")(cond)[:, None, None]
+      h_feat = h_feat + nn.Dense(2 * c, use_bias=False, name="cond_horizontal")(cond)[:, None, None]
     h_gated = gate(h_feat)
     if keys is not None and self.dropout > 0:
       h_gated = example_dropout(h_gated, keys, self.dropout)
@@ -104,15 +117,20 @@ class GatedStack(nn.Module):
   dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, e: jax.Array, keys: jax.Array | None = None) -> jax.Array:
-    """Logits of embedded grids; `keys` [batch] switch dropout on (layer i folds in i)."""
+  def __call__(
+    self, e: jax.Array, keys: jax.Array | None = None, cond: jax.Array | None = None
+  ) -> jax.Array:
+    """Logits of embedded grids; `keys` [batch] switch dropout on (layer i folds in i).
+
+    `cond` [batch, N] conditions every layer (`GatedLayer`).
+    """
     v = h = e
     for i in range(self.num_layers):
       layer = GatedLayer(
         self.features, self.kernel_size, first=i == 0, dropout=self.dropout, name=f"layer_{i}"
       )
       layer_keys = None if keys is None else jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
-      v, h = layer(v, h, layer_keys)
+      v, h = layer(v, h, layer_keys, cond)
     out = nn.Dense(self.head_features, name="head_hidden")(nn.relu(h))
     return nn.Dense(self.num_codes, name="head_logits")(nn.relu(out))
 
@@ -120,7 +138,9 @@ class GatedStack(nn.Module):
 class GatedPixelCNN(nn.Module):
   """Code indices [batch, H, W] -> logits [batch, H, W, K]: a learned embedding, then the stack.
 
-  Attributes: those of `GatedStack`; the embedding has `features` dimensions.
+  Attributes: those of `GatedStack`, the embedding has `features` dimensions; and
+    num_classes: > 0 makes the model class-conditional: its calls take labels y [batch] in
+      [0, num_classes), whose one-hot vectors condition every layer.
   """
 
   num_codes: int
@@ -129,10 +149,20 @@ class GatedPixelCNN(nn.Module):
   kernel_size: int = 3
   head_features: int = 256
   dropout: float = 0.0
+  num_classes: int = 0
 
   @nn.compact
-  def __call__(self, codes: jax.Array, keys: jax.Array | None = None) -> jax.Array:
-    """Logits of code grids; `keys` (one per example) switch dropout on."""
+  def __call__(
+    self, codes: jax.Array, keys: jax.Array | None = None, y: jax.Array | None = None
+  ) -> jax.Array:
+    """Logits of code grids; `keys` (one per example) switch dropout on; `y`: labels [batch].
+
+    Raises:
+      ValueError: labels given to an unconditional model or missing for a conditional one.
+    """
+    if (y is not None) != (self.num_classes > 0):
+      raise ValueError(f"labels y must be given exactly when num_classes > 0 ({self.num_classes}).")
+    cond = None if y is None else jax.nn.one_hot(y, self.num_classes)
     e = nn.Embed(self.num_codes, self.features, name="embed")(codes)
     stack = GatedStack(
       self.num_codes,
@@ -143,7 +173,7 @@ class GatedPixelCNN(nn.Module):
       self.dropout,
       name="stack",
     )
-    return stack(e, keys)
+    return stack(e, keys, cond)
 
 
 def code_nll(logits: jax.Array, codes: jax.Array) -> jax.Array:

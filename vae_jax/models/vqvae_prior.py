@@ -18,8 +18,13 @@ that NLL per code. The objective must therefore be the plain ELBO (beta 1, no sc
 `encode` and `decode` are the VQ-VAE's, so the latent tools work on a prior run as on its VQ-VAE;
 `generate` draws code grids from the PixelCNN one position at a time and decodes them. Reopening
 a prior run reopens its VQ-VAE run too: keep that workdir where it was.
+
+Family `vqvae_cprior` (`VQVAEClassPrior`) is the class-conditional form, the gated PixelCNN's own
+conditioning: p(c | y) with the label y; with y uniform over the classes it is also an
+unconditional prior p(c) = mean_y p(c | y) (`marginal_code_nll`).
 """
 
+import functools
 import math
 import os
 
@@ -32,8 +37,6 @@ from vae_jax.errors import CheckpointError, ConfigError, require
 from vae_jax.models.base import Capabilities, Model, ModelOutput, Posterior
 from vae_jax.models.pixelcnn import GatedPixelCNN, code_nll, sample_codes
 from vae_jax.models.vqvae import VQVAE
-
-FIELD = "model.vqvae_prior.vqvae_workdir"
 
 
 def matched_fields(config: ml_collections.ConfigDict) -> list[str]:
@@ -71,29 +74,30 @@ class FrozenVQVAE:
     return self.module.apply(self.variables, *args, method=method)
 
 
-def _vqvae_config(workdir: str | None) -> ml_collections.ConfigDict:
+def _vqvae_config(workdir: str | None, section: str) -> ml_collections.ConfigDict:
   """The resolved config of the VQ-VAE run in `workdir`; one `ConfigError` line otherwise."""
   # runs imports the model registry, which imports this module.
   from vae_jax import configuration, models, runs
 
+  field = f"model.{section}.vqvae_workdir"
   require(
-    bool(workdir), f"{FIELD} is not set; pass --config.{FIELD}=<the workdir of a VQ-VAE run>."
+    bool(workdir), f"{field} is not set; pass --config.{field}=<the workdir of a VQ-VAE run>."
   )
-  require(os.path.isdir(workdir), f"{FIELD}={workdir!r} is not a directory; train a VQ-VAE there.")
+  require(os.path.isdir(workdir), f"{field}={workdir!r} is not a directory; train a VQ-VAE there.")
   try:
     config = runs.load_config(workdir)
   except CheckpointError as e:
-    raise ConfigError(f"{FIELD}: {e}") from None
+    raise ConfigError(f"{field}: {e}") from None
   name = config.model.name
   require(
     name in models.MODELS and issubclass(models.family(name), VQVAE),
-    f"{FIELD}={workdir!r} holds a model.name={name!r} run, not a VQ-VAE; give a run of "
+    f"{field}={workdir!r} holds a model.name={name!r} run, not a VQ-VAE; give a run of "
     "configs/mnist_vqvae.py (model.name='vqvae').",
   )
   return configuration.resolve(config)
 
 
-def _check_checkpoint(workdir: str, checkpoint: str, keep: int) -> None:
+def _check_checkpoint(workdir: str, checkpoint: str, keep: int, section: str) -> None:
   from vae_jax import runs
   from vae_jax.training.checkpoints import Checkpointer
 
@@ -101,7 +105,7 @@ def _check_checkpoint(workdir: str, checkpoint: str, keep: int) -> None:
   try:
     runs.resolve_step(workdir, str(checkpoint), ckpt.all_steps())
   except CheckpointError as e:
-    raise ConfigError(f"model.vqvae_prior.vqvae_checkpoint: {e}") from None
+    raise ConfigError(f"model.{section}.vqvae_checkpoint: {e}") from None
   finally:
     ckpt.close()
 
@@ -116,6 +120,7 @@ class VQVAEPrior(Model):
   """
 
   capabilities = Capabilities(prior=True, takes_step=True)
+  section = "vqvae_prior"  # the family's name, and its fields' place in config.model
 
   vqvae: FrozenVQVAE
   pixelcnn: GatedPixelCNN
@@ -139,25 +144,26 @@ class VQVAEPrior(Model):
   @classmethod
   def validate(cls, config: ml_collections.ConfigDict) -> None:
     """Sizes, the plain-ELBO objective, and a VQ-VAE run with a checkpoint and the same data."""
-    c, obj = config.model.vqvae_prior, config.objective
+    name, obj = cls.section, config.objective
+    c = config.model[name]
     for field in ("features", "num_layers", "head_features"):
-      require(c[field] >= 1, f"model.vqvae_prior.{field}={c[field]} must be >= 1.")
+      require(c[field] >= 1, f"model.{name}.{field}={c[field]} must be >= 1.")
     require(
       c.kernel_size >= 1 and c.kernel_size % 2 == 1,
-      f"model.vqvae_prior.kernel_size={c.kernel_size} must be odd and >= 1.",
+      f"model.{name}.kernel_size={c.kernel_size} must be odd and >= 1.",
     )
-    require(0 <= c.dropout < 1, f"model.vqvae_prior.dropout={c.dropout} must be in [0, 1).")
+    require(0 <= c.dropout < 1, f"model.{name}.dropout={c.dropout} must be in [0, 1).")
     require(
       obj.estimator == "elbo"
       and obj.kl_penalty == "beta"
       and obj.beta == 1
       and obj.kl_schedule == "constant"
       and obj.free_bits == 0,
-      "model.name='vqvae_prior' trains on the code NLL, which is its whole KL: keep "
+      f"model.name={name!r} trains on the code NLL, which is its whole KL: keep "
       "objective.estimator='elbo', kl_penalty='beta', beta=1, kl_schedule='constant', "
       "free_bits=0.",
     )
-    vq = _vqvae_config(c.vqvae_workdir)
+    vq = _vqvae_config(c.vqvae_workdir, name)
     for field in matched_fields(config):
       section, key = field.split(".")
       mine, theirs = config[section][key], vq[section][key]
@@ -166,21 +172,22 @@ class VQVAEPrior(Model):
         f"{field}={mine!r} differs from the VQ-VAE run's {theirs!r} ({c.vqvae_workdir}); set "
         f"--config.{field} to match.",
       )
-    _check_checkpoint(c.vqvae_workdir, c.vqvae_checkpoint, vq.keep_checkpoints)
+    _check_checkpoint(c.vqvae_workdir, c.vqvae_checkpoint, vq.keep_checkpoints, name)
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, data: DataSpec) -> "VQVAEPrior":
     """Restores the VQ-VAE run and builds the PixelCNN for its codebook size and grid."""
     from vae_jax import runs
 
-    c = config.vqvae_prior
+    c = config[cls.section]
     run = runs.open_run(c.vqvae_workdir, c.vqvae_checkpoint, spec=data)
     vq = run.model
     shape = tuple(vq.latent_shape)
     grid = shape if len(shape) == 2 else (1, shape[0])
     frozen = FrozenVQVAE(vq, jax.device_get(run.model_vars), run.workdir, run.step)
+    num_classes = data.num_classes if cls.capabilities.conditional else 0
     net = GatedPixelCNN(
-      vq.num_codes, c.features, c.num_layers, c.kernel_size, c.head_features, c.dropout
+      vq.num_codes, c.features, c.num_layers, c.kernel_size, c.head_features, c.dropout, num_classes
     )
     return cls(frozen, net, grid)
 
@@ -194,13 +201,20 @@ class VQVAEPrior(Model):
     del y
     return self.vqvae(VQVAE.decode, z)
 
-  def logits(self, codes: jax.Array, keys: jax.Array | None = None) -> jax.Array:
+  def logits(
+    self, codes: jax.Array, keys: jax.Array | None = None, y: jax.Array | None = None
+  ) -> jax.Array:
     """The PixelCNN's logits [batch, L, K] of code indices [batch, L] (raster order).
 
-    `keys` (one per example) switch the PixelCNN's dropout on; None: deterministic.
+    `keys` (one per example) switch the PixelCNN's dropout on; None: deterministic. `y`: the
+    labels [batch] of a class-conditional prior, else None.
     """
-    b = codes.shape[0]
-    return self.pixelcnn(codes.reshape(b, *self.grid), keys).reshape(b, codes.shape[1], -1)
+    b, y = codes.shape[0], self._labels(y)
+    return self.pixelcnn(codes.reshape(b, *self.grid), keys, y).reshape(b, codes.shape[1], -1)
+
+  def _labels(self, y: jax.Array | None) -> jax.Array | None:
+    """y for a class-conditional prior; None (labels ignored) for the unconditional one."""
+    return y if self.capabilities.conditional else None
 
   def __call__(
     self, x: jax.Array, keys: jax.Array, y: jax.Array | None = None, step=None
@@ -210,7 +224,7 @@ class VQVAEPrior(Model):
     Args:
       x: images [batch, H, W, C].
       keys: one PRNG key per example; in training they draw the PixelCNN's dropout masks.
-      y: unused.
+      y: labels [batch]: the class-conditional prior's condition; the unconditional ignores them.
       step: the training step, or None outside training (no dropout: the exact NLL).
 
     Returns:
@@ -218,10 +232,9 @@ class VQVAEPrior(Model):
       p(c_t | c_<t) per position [batch, L] in nats, and `extra_terms` `code_nll_nats` and
       `code_nll_bits` (the mean over positions) [batch].
     """
-    del y
     codes = self.vqvae(VQVAE.code_indices, x)
     z = self.vqvae(VQVAE.code_vectors, codes)
-    nll = code_nll(self.logits(codes, None if step is None else keys), codes)
+    nll = code_nll(self.logits(codes, None if step is None else keys, y), codes)
     per_code = nll.mean(axis=-1)
     return ModelOutput(
       out=self.decode(z),
@@ -230,18 +243,45 @@ class VQVAEPrior(Model):
       extra_terms={"code_nll_nats": per_code, "code_nll_bits": per_code / math.log(2.0)},
     )
 
-  def sample_codes(self, rng: jax.Array, num: int, temperature: float = 1.0) -> jax.Array:
+  def sample_codes(
+    self, rng: jax.Array, num: int, temperature: float = 1.0, y: jax.Array | None = None
+  ) -> jax.Array:
     """`num` code grids drawn from the PixelCNN, [num, L] in raster order (see `sample_codes`).
 
-    `temperature` divides the logits of every position; 0 takes the most likely code.
+    `temperature` divides the logits of every position; 0 takes the most likely code. `y`: the
+    labels [num] of a class-conditional prior, else None.
     """
-    codes = sample_codes(self.pixelcnn, rng, num, self.grid, jnp.asarray(temperature))
+    fn = functools.partial(self.pixelcnn, keys=None, y=self._labels(y))
+    codes = sample_codes(fn, rng, num, self.grid, jnp.asarray(temperature))
     return codes.reshape(num, -1)
 
   def generate(
     self, rng: jax.Array, num: int, y: jax.Array | None = None, temperature: float = 1.0
   ) -> jax.Array:
     """Decoder outputs of `num` code grids drawn from the PixelCNN (`sample_codes`)."""
-    del y
-    codes = self.sample_codes(rng, num, temperature)
+    codes = self.sample_codes(rng, num, temperature, y)
     return self.decode(self.vqvae(VQVAE.code_vectors, codes))
+
+
+class VQVAEClassPrior(VQVAEPrior):
+  """The class-conditional prior p(c | y): labels y condition every gated layer.
+
+  Its training loss is -log p(c | y) of the codes of labelled images; `generate` needs labels.
+  With y uniform over the N classes the model is also a prior p(c) = (1/N) sum_y p(c | y),
+  whose negative log-likelihood `marginal_code_nll` computes exactly (N passes).
+  """
+
+  capabilities = Capabilities(conditional=True, prior=True, takes_step=True)
+  section = "vqvae_cprior"
+
+  def marginal_code_nll(self, x: jax.Array) -> jax.Array:
+    """-log p(c) [batch] in nats of the codes c of images x, with y uniform over the classes."""
+    codes = self.vqvae(VQVAE.code_indices, x)
+    n = self.pixelcnn.num_classes
+
+    def log_p(label):
+      y = jnp.full((codes.shape[0],), label, jnp.int32)
+      return -code_nll(self.logits(codes, None, y), codes).sum(axis=-1)
+
+    per_class = jax.lax.map(log_p, jnp.arange(n))
+    return -(jax.nn.logsumexp(per_class, axis=0) - math.log(n))
