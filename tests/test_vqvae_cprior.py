@@ -88,6 +88,8 @@ def test_marginal_code_nll_averages_the_classes(cprior, data):  # noqa: F811
   want = -(np.log(np.exp(-per_class).mean(0)))
   marginal = jax.jit(lambda v: model.apply(v, x, method=model.marginal_code_nll))
   np.testing.assert_allclose(marginal(model_vars), want, rtol=1e-5)
+  by_class = jax.jit(lambda v: model.apply(v, x, method=model.class_code_nll))(model_vars)
+  np.testing.assert_allclose(by_class, per_class, rtol=1e-5)
   # Without label weights every class gives the same p(c | y): the marginal is that NLL.
   flat = jax.tree_util.tree_map_with_path(
     lambda path, p: p * 0 if "cond_" in jax.tree_util.keystr(path) else p, model_vars

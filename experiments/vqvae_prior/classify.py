@@ -37,6 +37,7 @@ import optax
 
 from vae_jax import runs
 from vae_jax.data import load_dataset
+from vae_jax.models.vqvae_prior import marginal_nll
 from vae_jax.tools import common
 from vae_jax.training.keys import run_keys
 
@@ -119,12 +120,11 @@ def confident(probs: np.ndarray, threshold: float, labels: np.ndarray | None = N
 def code_bits(run: runs.Run, images: np.ndarray, labels: np.ndarray, batch: int = 500) -> dict:
   """A conditional prior's code NLL of `images` [n] (bits per code) under p(c) and p(c | y)."""
   model, model_vars = run.model, run.model_vars
-  keys = jax.random.split(jax.random.key(0), batch)
 
   @jax.jit
   def nats(x, y):
-    marginal = model.apply(model_vars, x, method=model.marginal_code_nll)
-    return marginal, model.apply(model_vars, x, keys[: len(x)], y).kl_per_dim.sum(-1)
+    per_class = model.apply(model_vars, x, method=model.class_code_nll)
+    return marginal_nll(per_class), jnp.take_along_axis(per_class, y[None], axis=0)[0]
 
   parts = [
     nats(jnp.asarray(images[i : i + batch], jnp.float32) / 255.0, labels[i : i + batch])

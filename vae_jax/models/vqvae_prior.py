@@ -274,14 +274,21 @@ class VQVAEClassPrior(VQVAEPrior):
   capabilities = Capabilities(conditional=True, prior=True, takes_step=True)
   section = "vqvae_cprior"
 
+  def class_code_nll(self, x: jax.Array) -> jax.Array:
+    """-log p(c | y) [num_classes, batch] in nats of the codes c of images x, for every class y."""
+    codes = self.vqvae(VQVAE.code_indices, x)
+
+    def nll(label):
+      y = jnp.full((codes.shape[0],), label, jnp.int32)
+      return code_nll(self.logits(codes, None, y), codes).sum(axis=-1)
+
+    return jax.lax.map(nll, jnp.arange(self.pixelcnn.num_classes))
+
   def marginal_code_nll(self, x: jax.Array) -> jax.Array:
     """-log p(c) [batch] in nats of the codes c of images x, with y uniform over the classes."""
-    codes = self.vqvae(VQVAE.code_indices, x)
-    n = self.pixelcnn.num_classes
+    return marginal_nll(self.class_code_nll(x))
 
-    def log_p(label):
-      y = jnp.full((codes.shape[0],), label, jnp.int32)
-      return -code_nll(self.logits(codes, None, y), codes).sum(axis=-1)
 
-    per_class = jax.lax.map(log_p, jnp.arange(n))
-    return -(jax.nn.logsumexp(per_class, axis=0) - math.log(n))
+def marginal_nll(class_nll: jax.Array) -> jax.Array:
+  """-log mean_y p(c | y) [batch] of the per-class NLLs [num_classes, batch] (`class_code_nll`)."""
+  return -(jax.nn.logsumexp(-class_nll, axis=0) - math.log(class_nll.shape[0]))
